@@ -1,0 +1,1 @@
+"""The Outpost agent: sources -> cycle -> outbox (SQLite) -> publisher (MQTT)."""

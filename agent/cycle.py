@@ -1,0 +1,112 @@
+"""One collection cycle: run every source, add the agent's own metrics, build the messages.
+
+Pure apart from the sources it calls and the clock readings passed in: the runner decides when
+a cycle runs and where its messages go.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import NamedTuple
+
+from agent.outbox import OutboxStats
+from agent.sources.base import Source
+from outpost import wire
+from outpost.wire import Event, Sample
+
+__all__ = [
+    "CycleResult",
+    "Identity",
+    "build_batch",
+    "collect",
+    "self_samples",
+    "with_delivery_state",
+]
+
+log = logging.getLogger(__name__)
+
+
+class Identity(NamedTuple):
+    site: str
+    host: str
+    agent_id: str
+    boot_id: str
+
+
+class CycleResult(NamedTuple):
+    samples: list[Sample]
+    events: list[Event]
+    duration: float
+
+
+def collect(sources: list[Source], now: float) -> CycleResult:
+    """Run each source; one that fails is reported as unsuccessful and the others go on."""
+    started = time.perf_counter()
+    samples: list[Sample] = []
+    events: list[Event] = []
+    for source in sources:
+        t0 = time.perf_counter()
+        ok = 1.0
+        try:
+            got = source.collect(now)
+            samples.extend(got.samples)
+            events.extend(got.events)
+        except Exception as exc:
+            ok = 0.0
+            log.warning("source %s failed: %s", source.name, exc)
+            log.debug("source %s traceback", source.name, exc_info=True)
+        labels = {"source": source.name}
+        samples.append(Sample("outpost_agent_source_success", ok, labels))
+        samples.append(
+            Sample("outpost_agent_source_duration_seconds", time.perf_counter() - t0, labels)
+        )
+    return CycleResult(samples, events, time.perf_counter() - started)
+
+
+def self_samples(stats: OutboxStats, publish_failures: int, duration: float) -> list[Sample]:
+    """The agent's own health, reported in every metrics batch."""
+    return [
+        Sample("outpost_agent_outbox_rows", float(stats.rows)),
+        Sample("outpost_agent_outbox_bytes", float(stats.bytes)),
+        Sample("outpost_agent_outbox_dropped_total", float(stats.dropped_total)),
+        Sample("outpost_agent_outbox_dropped_events_total", float(stats.dropped_events_total)),
+        Sample("outpost_agent_publish_failures_total", float(publish_failures)),
+        Sample("outpost_agent_collection_duration_seconds", duration),
+    ]
+
+
+def build_batch(
+    who: Identity,
+    seq: int,
+    ts_ms: int,
+    interval: float,
+    samples: list[Sample] | None = None,
+    events: list[Event] | None = None,
+) -> wire.Batch:
+    """A batch as stored in the outbox: ``outbox_low`` and ``dropped`` are left at their
+    defaults (omitted from the JSON) and filled in when it is sent."""
+    return wire.Batch(
+        v=wire.SCHEMA_VERSION,
+        site=who.site,
+        host=who.host,
+        agent_id=who.agent_id,
+        boot_id=who.boot_id,
+        seq=seq,
+        ts=ts_ms,
+        interval=interval,
+        samples=samples or [],
+        events=events or [],
+    )
+
+
+def with_delivery_state(stored: bytes, outbox_low: int, dropped: list[tuple[int, int]]) -> bytes:
+    """Prefix a stored batch with the outbox state at send time.
+
+    The stored JSON object omits both keys, so splicing them in front yields a valid object
+    without decoding and re-encoding the samples.
+    """
+    head = b'{"outbox_low":%d' % outbox_low
+    if dropped:
+        head += b',"dropped":' + wire.encode_ranges(dropped)
+    return head + b"," + stored[1:]

@@ -1,0 +1,208 @@
+"""The agent's MQTT session: the only agent module that imports paho.
+
+It owns the connection (TLS, credentials, keepalive, Last Will, retained birth message,
+reconnect with capped backoff and jitter, a graceful ``offline``/``shutdown`` on stop) and
+turns paho's callbacks, which run on paho's thread, into plain events on a queue that the
+agent's main thread reads. It never touches the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import ssl
+import threading
+import time
+from typing import Any, NamedTuple
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from outpost import wire
+from outpost.connection import BrokerConfig, parse_broker_url, read_password
+
+__all__ = ["Publisher", "SessionEvent"]
+
+log = logging.getLogger(__name__)
+
+
+class SessionEvent(NamedTuple):
+    """``connected`` / ``disconnected`` / ``ack`` (payload) / ``published`` (mid)."""
+
+    kind: str
+    payload: bytes = b""
+    mid: int = 0
+
+
+class Publisher:
+    def __init__(
+        self,
+        config: BrokerConfig,
+        site: str,
+        host: str,
+        agent_id: str,
+        boot_id: str,
+        events: queue.Queue[SessionEvent],
+    ) -> None:
+        self.config = config
+        self.site = site
+        self.host = host
+        self.agent_id = agent_id
+        self.boot_id = boot_id
+        self._events = events
+        self._connected = threading.Event()
+        self._prefix = config.topic_prefix
+        self._v5 = config.protocol == "5"
+        self._client = self._make_client()
+
+    # --- construction -----------------------------------------------------------------------
+
+    def topic(self, kind: str) -> str:
+        return wire.topic(self._prefix, self.site, self.host, kind)
+
+    def _status(self, status: str, reason: str, now_ms: int) -> bytes:
+        return wire.encode(
+            wire.Status(
+                v=wire.SCHEMA_VERSION,
+                status=status,  # type: ignore[arg-type]
+                site=self.site,
+                host=self.host,
+                agent_id=self.agent_id,
+                boot_id=self.boot_id,
+                reason=reason,
+                ts=now_ms,
+            )
+        )
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.config
+        client_id = cfg.client_id or f"outpost-agent-{self.site}-{self.host}"
+        if self._v5:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                protocol=MQTTProtocolVersion.MQTTv5,
+            )
+        else:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                clean_session=False,
+                protocol=MQTTProtocolVersion.MQTTv311,
+            )
+        password = read_password(cfg)
+        if cfg.username:
+            client.username_pw_set(cfg.username, password)
+        address = parse_broker_url(cfg.url)
+        if address.tls or cfg.tls.ca_file or cfg.tls.cert_file:
+            client.tls_set(
+                ca_certs=cfg.tls.ca_file,
+                certfile=cfg.tls.cert_file,
+                keyfile=cfg.tls.key_file,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        client.will_set(self.topic(wire.STATUS), self._status("offline", "lost", 0), 1, True)
+        client.max_inflight_messages_set(100)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(
+            min_delay=max(1, round(cfg.reconnect_min_seconds)),
+            max_delay=max(1, round(cfg.reconnect_max_seconds)),
+        )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        return client
+
+    # --- paho callbacks (paho's thread) -----------------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.warning("broker refused the connection: %s", reason)
+            return
+        self._connected.set()
+        client.subscribe(self.topic(wire.ACK), qos=1)
+        client.publish(self.topic(wire.STATUS), self._status("online", "", _now_ms()), 1, True)
+        log.info("connected to %s", self.config.url)
+        self._events.put(SessionEvent("connected"))
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        # Jitter the next reconnect so a county's agents do not return in lockstep.
+        base = self.config.reconnect_min_seconds
+        client.reconnect_delay_set(
+            min_delay=max(1, round(base * random.uniform(1.0, 2.0))),
+            max_delay=max(1, round(self.config.reconnect_max_seconds * random.uniform(0.8, 1.0))),
+        )
+        if was:
+            log.warning("disconnected from the broker: %s", reason)
+            self._events.put(SessionEvent("disconnected"))
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: Any) -> None:
+        self._events.put(SessionEvent("ack", bytes(message.payload)))
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
+    ) -> None:
+        self._events.put(SessionEvent("published", mid=mid))
+
+    # --- used by the main thread ------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        address = parse_broker_url(self.config.url)
+        props = None
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = self.config.session_expiry_seconds
+        self._client.connect_async(
+            address.host,
+            address.port,
+            keepalive=self.config.keepalive_seconds,
+            clean_start=False if self._v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
+        )
+        self._client.loop_start()
+
+    def publish(self, kind: str, payload: bytes) -> int | None:
+        """Publish at QoS 1; the message id, or None when it could not be handed to the
+        broker (not connected, or paho refused)."""
+        if not self._connected.is_set():
+            return None
+        info = self._client.publish(self.topic(kind), payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return None
+        return int(info.mid)
+
+    def stop(self, timeout: float = 3.0) -> bool:
+        """Say ``offline``/``shutdown`` (retained) and disconnect cleanly, so the Last Will
+        does not fire. Returns whether the broker acknowledged the shutdown status."""
+        said = False
+        if self._connected.is_set():
+            info = self._client.publish(
+                self.topic(wire.STATUS), self._status("offline", "shutdown", _now_ms()), 1, True
+            )
+            deadline = time.monotonic() + timeout
+            while self._connected.is_set() and time.monotonic() < deadline:
+                if info.is_published():
+                    said = True
+                    break
+                time.sleep(0.01)
+            self._client.disconnect()
+        self._client.loop_stop()
+        return said
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

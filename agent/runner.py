@@ -1,0 +1,180 @@
+"""The agent's main loop: schedule cycles, write them to the outbox, drain it to the broker.
+
+One thread owns the outbox. paho's callbacks arrive as events on a queue (see publisher.py).
+Delivery is end to end: a row leaves the outbox only when the collector's ``ack`` covers it.
+Rows sent but not acknowledged within ``resend_after_seconds`` are sent again, and after every
+reconnect the newest data goes out first, then the backlog in seq order.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from agent.config import AgentConfig
+from agent.cycle import Identity, build_batch, collect, self_samples, with_delivery_state
+from agent.outbox import Outbox
+from agent.publisher import Publisher, SessionEvent
+from agent.sources import Source, build_sources
+from outpost import wire
+
+__all__ = ["Agent", "read_boot_id"]
+
+log = logging.getLogger(__name__)
+
+
+def read_boot_id() -> str:
+    """The kernel's id for this boot (Linux), or the boot time elsewhere."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:64]
+    except OSError:
+        import psutil
+
+        return str(int(psutil.boot_time()))
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, sources: list[Source] | None = None) -> None:
+        self.config = config
+        self.sources = sources if sources is not None else build_sources(config.sources)
+        self.limits = wire.Limits()
+        self.publish_failures = 0
+        self.write_failures = 0
+        self._events: queue.Queue[SessionEvent] = queue.Queue()
+        self._inflight: dict[int, float] = {}
+        self._current_from = 0
+        self._current_cursor = 0
+        self._backlog_cursor = 0
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        cfg = self.config
+        state = Path(cfg.state_dir)
+        self.outbox = Outbox(state / "outbox.sqlite", cfg.outbox.max_bytes)
+        self.who = Identity(cfg.site, cfg.host, self.outbox.agent_id, read_boot_id())
+        self.publisher = Publisher(
+            cfg.broker, cfg.site, cfg.host, self.who.agent_id, self.who.boot_id, self._events
+        )
+        log.info(
+            "agent %s/%s (id %s) starting; outbox holds %d rows",
+            cfg.site,
+            cfg.host,
+            self.who.agent_id,
+            self.outbox.stats().rows,
+        )
+        self._restart_delivery()
+        self.publisher.start()
+        next_cycle = time.monotonic()
+        try:
+            while not stop.is_set():
+                if time.monotonic() >= next_cycle:
+                    self.cycle(time.time())
+                    next_cycle += cfg.interval_seconds
+                    if next_cycle < time.monotonic():
+                        next_cycle = time.monotonic() + cfg.interval_seconds
+                self._drain()
+                wait = max(0.0, min(next_cycle - time.monotonic(), 1.0))
+                try:
+                    event = self._events.get(timeout=wait)
+                except queue.Empty:
+                    continue
+                self._handle(event)
+                while True:
+                    try:
+                        self._handle(self._events.get_nowait())
+                    except queue.Empty:
+                        break
+        finally:
+            said = self.publisher.stop()
+            log.info("agent stopped (shutdown status %s)", "sent" if said else "not sent")
+            self.outbox.close()
+
+    def cycle(self, now: float) -> None:
+        """Collect once and store the messages in the outbox."""
+        result = collect(self.sources, now)
+        ts_ms = int(now * 1000)
+        samples = result.samples + self_samples(
+            self.outbox.stats(), self.publish_failures, result.duration
+        )
+        interval = self.config.interval_seconds
+        try:
+            seq = self.outbox.next_seq
+            batch = build_batch(self.who, seq, ts_ms, interval, samples=samples)
+            self.outbox.add(wire.METRICS, wire.encode(batch), now)
+            if result.events:
+                seq = self.outbox.next_seq
+                batch = build_batch(self.who, seq, ts_ms, interval, events=result.events)
+                self.outbox.add(wire.EVENTS, wire.encode(batch), now)
+        except sqlite3.Error as exc:
+            self.write_failures += 1
+            log.error("cannot write to the outbox in %s: %s", self.config.state_dir, exc)
+
+    # --- delivery ---------------------------------------------------------------------------
+
+    def _restart_delivery(self) -> None:
+        """Forget what was in flight: send the newest row first, then the backlog in order."""
+        self._inflight.clear()
+        self._current_from = max(1, self.outbox.next_seq - 1)
+        self._current_cursor = self._current_from - 1
+        self._backlog_cursor = 0
+
+    def _handle(self, event: SessionEvent) -> None:
+        if event.kind == "disconnected":
+            # Whatever was in flight may be lost with the session: send it again, newest first.
+            self._restart_delivery()
+        elif event.kind == "ack":
+            self._on_ack(event.payload)
+
+    def _on_ack(self, payload: bytes) -> None:
+        try:
+            ack = wire.decode_ack(payload, self.limits)
+        except wire.DecodeFailure as exc:
+            log.warning("ignoring a bad ack: %s", exc)
+            return
+        if ack.agent_id != self.who.agent_id:
+            log.debug("ignoring an ack for agent %s", ack.agent_id)
+            return
+        self.outbox.ack(ack.upto, ack.ranges)
+        for seq in list(self._inflight):
+            if seq <= ack.upto or any(lo <= seq <= hi for lo, hi in ack.ranges):
+                del self._inflight[seq]
+
+    def _drain(self) -> None:
+        if not self.publisher.connected:
+            return
+        now = time.monotonic()
+        if (
+            self._inflight
+            and min(self._inflight.values()) < now - self.config.outbox.resend_after_seconds
+        ):
+            log.info("no ack for %d batches; sending them again", len(self._inflight))
+            self._inflight.clear()
+            self._current_cursor = self._current_from - 1
+            self._backlog_cursor = 0
+        room = self.config.outbox.max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        rows = self.outbox.rows_after(self._current_cursor, None, room)
+        if len(rows) < room:
+            rows += self.outbox.rows_after(
+                self._backlog_cursor, self._current_from, room - len(rows)
+            )
+        if not rows:
+            return
+        low = self.outbox.low()
+        dropped = self.outbox.dropped_ranges()[: self.limits.max_ranges]
+        for row in rows:
+            mid = self.publisher.publish(row.kind, with_delivery_state(row.payload, low, dropped))
+            if mid is None:
+                self.publish_failures += 1
+                return
+            self._inflight[row.seq] = now
+            if row.seq >= self._current_from:
+                self._current_cursor = max(self._current_cursor, row.seq)
+            else:
+                self._backlog_cursor = max(self._backlog_cursor, row.seq)

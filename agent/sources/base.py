@@ -1,0 +1,33 @@
+"""The contract every source keeps.
+
+A source is built from its validated config block with no I/O in the constructor; ``collect``
+reads what it measures and returns samples and events. It keeps no module-level state. A source
+that raises is reported as ``outpost_agent_source_success{source} 0`` and the others go on.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+from outpost.wire import Event, Sample
+
+__all__ = ["Collected", "Source", "SourceError"]
+
+
+class SourceError(Exception):
+    """A source could not read what it measures; the message names what and why."""
+
+
+class Collected(msgspec.Struct):
+    samples: list[Sample] = msgspec.field(default_factory=list)
+    events: list[Event] = msgspec.field(default_factory=list)
+
+
+class Source(Protocol):
+    name: str
+
+    def collect(self, now: float) -> Collected:
+        """Read once. ``now`` is the wall-clock time of the cycle, in seconds."""
+        ...

@@ -1,0 +1,1 @@
+"""The Outpost collector: MQTT ingest -> fleet state -> /metrics and the HTTP API."""

@@ -1,0 +1,113 @@
+"""The metric catalogue: every series name Outpost exports, with its help text.
+
+docs/metrics.md is the reader's copy, with labels and meaning; a test keeps the two in step.
+Agents may report names outside the catalogue (any MQTT client that keeps docs/protocol.md is
+an agent); those are exported with a generic help text.
+"""
+
+from __future__ import annotations
+
+__all__ = ["AGENT_SAMPLES", "CATALOGUE", "COLLECTOR_FAMILIES"]
+
+# Series the collector derives from state (name -> Prometheus type).
+COLLECTOR_FAMILIES: dict[str, str] = {
+    "outpost_host_up": "gauge",
+    "outpost_host_expected": "gauge",
+    "outpost_host_state": "gauge",
+    "outpost_host_last_seen_timestamp_seconds": "gauge",
+    "outpost_host_info": "gauge",
+    "outpost_host_events_total": "counter",
+    "outpost_agent_last_seq": "gauge",
+    "outpost_agent_lost_messages_total": "counter",
+    "outpost_agent_dropped_messages_total": "counter",
+    "outpost_agent_duplicate_messages_total": "counter",
+    "outpost_site_info": "gauge",
+    "outpost_collector_messages_total": "counter",
+    "outpost_collector_invalid_messages_total": "counter",
+    "outpost_collector_lost_messages_total": "counter",
+    "outpost_collector_dropped_messages_total": "counter",
+    "outpost_collector_acks_published_total": "counter",
+    "outpost_collector_ack_failures_total": "counter",
+    "outpost_collector_broker_connected": "gauge",
+    "outpost_collector_broker_connects_total": "counter",
+    "outpost_collector_hosts": "gauge",
+    "outpost_collector_build_info": "gauge",
+}
+
+_COLLECTOR_HELP = {
+    "outpost_host_up": "1 when the host's agent is online and reporting, else 0.",
+    "outpost_host_expected": "1 when sites.yaml lists the host, 0 for a host it does not list.",
+    "outpost_host_state": "1 for the host's current state: online, lost, shutdown, stale or "
+    "never_reported.",
+    "outpost_host_last_seen_timestamp_seconds": "When the collector last heard from the host.",
+    "outpost_host_info": "The host's agent id and boot id, as labels.",
+    "outpost_host_events_total": "Events received from the host, by kind and severity.",
+    "outpost_agent_last_seq": "The highest message seq settled for the host's agent.",
+    "outpost_agent_lost_messages_total": "Messages of the host's agent that were never applied "
+    "and that it no longer holds (should stay 0).",
+    "outpost_agent_dropped_messages_total": "Messages the host's agent dropped on purpose when "
+    "its outbox was full.",
+    "outpost_agent_duplicate_messages_total": "Messages of the host's agent received again and "
+    "ignored.",
+    "outpost_site_info": "A site from sites.yaml with its names and coordinates, as labels.",
+    "outpost_collector_messages_total": "Messages ingested, by result.",
+    "outpost_collector_invalid_messages_total": "Messages refused, by reason.",
+    "outpost_collector_lost_messages_total": "Messages lost over the whole fleet (should stay 0).",
+    "outpost_collector_dropped_messages_total": "Messages agents dropped on purpose, fleet-wide.",
+    "outpost_collector_acks_published_total": "End-to-end acks published to agents.",
+    "outpost_collector_ack_failures_total": "Acks that could not be handed to the broker.",
+    "outpost_collector_broker_connected": "1 while the collector is connected to the broker.",
+    "outpost_collector_broker_connects_total": "Successful connections to the broker.",
+    "outpost_collector_hosts": "Hosts the collector knows of (reported or expected).",
+    "outpost_collector_build_info": "The collector's version, as a label.",
+}
+
+# Series agents report (the agent's system source and its own health).
+AGENT_SAMPLES: dict[str, str] = {
+    "outpost_host_boot_time_seconds": "When the host booted, as a Unix time.",
+    "outpost_host_uptime_seconds": "Seconds since the host booted.",
+    "outpost_cpu_seconds_total": "CPU time spent in each mode, all CPUs together.",
+    "outpost_cpu_count": "Logical CPUs.",
+    "outpost_load1": "Load average over 1 minute.",
+    "outpost_load5": "Load average over 5 minutes.",
+    "outpost_load15": "Load average over 15 minutes.",
+    "outpost_memory_total_bytes": "Physical memory.",
+    "outpost_memory_available_bytes": "Memory available to new work without swapping.",
+    "outpost_memory_used_bytes": "Memory in use.",
+    "outpost_swap_total_bytes": "Swap space.",
+    "outpost_swap_used_bytes": "Swap in use.",
+    "outpost_filesystem_size_bytes": "File system size, per real mount.",
+    "outpost_filesystem_free_bytes": "Free space including the root reserve.",
+    "outpost_filesystem_avail_bytes": "Space available to unprivileged users.",
+    "outpost_disk_read_bytes_total": "Bytes read, per disk.",
+    "outpost_disk_written_bytes_total": "Bytes written, per disk.",
+    "outpost_disk_reads_completed_total": "Reads completed, per disk.",
+    "outpost_disk_writes_completed_total": "Writes completed, per disk.",
+    "outpost_disk_io_time_seconds_total": "Seconds the disk was busy.",
+    "outpost_network_receive_bytes_total": "Bytes received, per interface.",
+    "outpost_network_transmit_bytes_total": "Bytes sent, per interface.",
+    "outpost_network_receive_packets_total": "Packets received, per interface.",
+    "outpost_network_transmit_packets_total": "Packets sent, per interface.",
+    "outpost_network_receive_errors_total": "Receive errors, per interface.",
+    "outpost_network_transmit_errors_total": "Transmit errors, per interface.",
+    "outpost_network_receive_drop_total": "Received packets dropped, per interface.",
+    "outpost_network_transmit_drop_total": "Outgoing packets dropped, per interface.",
+    "outpost_network_up": "1 when the interface is operationally up.",
+    "outpost_network_speed_bytes": "Link speed in bytes per second.",
+    "outpost_processes": "Processes on the host.",
+    "outpost_battery_percent": "Battery or UPS charge.",
+    "outpost_battery_power_plugged": "1 on mains power, 0 on battery.",
+    "outpost_battery_seconds_left": "Estimated battery time left.",
+    "outpost_temperature_celsius": "Temperature per sensor.",
+    "outpost_agent_source_success": "1 when the source read successfully in the last cycle.",
+    "outpost_agent_source_duration_seconds": "How long the source took in the last cycle.",
+    "outpost_agent_outbox_rows": "Messages waiting in the agent's outbox.",
+    "outpost_agent_outbox_bytes": "Bytes waiting in the agent's outbox.",
+    "outpost_agent_outbox_dropped_total": "Messages the agent dropped because its outbox was full.",
+    "outpost_agent_outbox_dropped_events_total": "Events among them (dropped only when no "
+    "metrics were left to drop).",
+    "outpost_agent_publish_failures_total": "Publishes the agent could not hand to the broker.",
+    "outpost_agent_collection_duration_seconds": "How long the last collection cycle took.",
+}
+
+CATALOGUE: dict[str, str] = {**_COLLECTOR_HELP, **AGENT_SAMPLES}

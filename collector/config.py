@@ -1,0 +1,44 @@
+"""The collector's configuration: one typed structure, checked before anything connects.
+
+config/collector.yaml is the commented example of every key here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from outpost.connection import BrokerConfig
+
+__all__ = ["CollectorConfig", "LimitsConfig", "LogConfig"]
+
+LISTEN_PATTERN = r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$"
+
+
+def _collector_broker() -> BrokerConfig:
+    return BrokerConfig(client_id="outpost-collector")
+
+
+class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    max_payload_bytes: Annotated[int, msgspec.Meta(ge=1024, le=16 * 1024 * 1024)] = 256 * 1024
+    max_samples: Annotated[int, msgspec.Meta(ge=1)] = 5000
+    max_events: Annotated[int, msgspec.Meta(ge=1)] = 500
+    max_labels: Annotated[int, msgspec.Meta(ge=1, le=64)] = 16
+    max_label_value_len: Annotated[int, msgspec.Meta(ge=16)] = 256
+
+
+class LogConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    level: Literal["debug", "info", "warning", "error"] = "warning"
+    format: Literal["text", "json"] = "text"
+
+
+class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    listen: Annotated[str, msgspec.Meta(pattern=LISTEN_PATTERN)] = "127.0.0.1:9468"
+    state_dir: str = "/var/lib/outpost-collector"
+    sites_file: str | None = None
+    stale_after_seconds: Annotated[float, msgspec.Meta(ge=5)] = 60.0
+    ack_interval_seconds: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.2
+    broker: BrokerConfig = msgspec.field(default_factory=_collector_broker)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)

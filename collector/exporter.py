@@ -1,0 +1,159 @@
+"""/metrics: a custom prometheus-client collector that renders fleet state at scrape time.
+
+It keeps no copy of the data: at each scrape it takes a snapshot of the state under the ingest
+lock and yields fresh metric families from it. The MQTT thread never touches prometheus-client
+objects. Names and meanings are catalogued in docs/metrics.md (and collector/catalogue.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from collector.catalogue import CATALOGUE, COLLECTOR_FAMILIES
+from collector.ingest import Ingest
+from collector.state import HostView
+from outpost import __version__
+
+__all__ = ["FleetCollector"]
+
+HOST_STATES = ("online", "lost", "shutdown", "stale", "never_reported")
+
+
+def _family(name: str, kind: str) -> Metric:
+    """A family for a sample name; counters are named without ``_total``."""
+    base = name[:-6] if kind == "counter" and name.endswith("_total") else name
+    return Metric(base, CATALOGUE.get(name, "Reported by agents; not in the catalogue."), kind)
+
+
+class FleetCollector(Collector):
+    def __init__(
+        self,
+        ingest: Ingest,
+        extra: Callable[[], dict[str, float]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ingest = ingest
+        self.extra = extra or (dict)
+        self.clock = clock
+
+    def _snapshot(self, now: float) -> tuple[list[HostView], dict[str, Any]]:
+        with self.ingest.lock:
+            state = self.ingest.state
+            views = state.views(now)
+            # HostState objects are updated in place by ingest: copy what may change.
+            copied = []
+            for v in views:
+                hs = v.host_state
+                events = dict(hs.events) if hs is not None else {}
+                copied.append((v, hs.samples if hs else [], events, hs.last_seen if hs else 0.0))
+            meta = {
+                "messages": dict(self.ingest.messages),
+                "invalid": dict(self.ingest.invalid),
+                "lost": state.lost_total,
+                "dropped": state.dropped_total,
+                "tracks": {
+                    aid: (t.highest, t.lost, t.dropped, t.duplicates)
+                    for aid, t in state.tracks.items()
+                },
+                "sites": state.sites(),
+                "hosts": copied,
+            }
+        return views, meta
+
+    def collect(self) -> Iterator[Metric]:
+        now = self.clock()
+        _views, meta = self._snapshot(now)
+        hosts: list[tuple[HostView, list[Any], dict[tuple[str, str], int], float]] = meta["hosts"]
+        fam: dict[str, Metric] = {
+            name: Metric(name if kind != "counter" else name[:-6], CATALOGUE[name], kind)
+            for name, kind in COLLECTOR_FAMILIES.items()
+        }
+
+        def add(name: str, labels: dict[str, str], value: float) -> None:
+            fam[name].add_sample(name, labels, value)
+
+        for view, _samples, events, last_seen in hosts:
+            hl = {"site": view.site, "host": view.host}
+            add("outpost_host_up", hl, 1.0 if view.up else 0.0)
+            add("outpost_host_expected", hl, 1.0 if view.expected else 0.0)
+            for st in HOST_STATES:
+                add("outpost_host_state", {**hl, "state": st}, 1.0 if st == view.state else 0.0)
+            if view.host_state is None:
+                continue
+            add("outpost_host_last_seen_timestamp_seconds", hl, last_seen)
+            add(
+                "outpost_host_info",
+                {**hl, "agent_id": view.host_state.agent_id, "boot_id": view.host_state.boot_id},
+                1.0,
+            )
+            track = meta["tracks"].get(view.host_state.agent_id)
+            if track is not None:
+                highest, lost, dropped, duplicates = track
+                add("outpost_agent_last_seq", hl, float(highest))
+                add("outpost_agent_lost_messages_total", hl, float(lost))
+                add("outpost_agent_dropped_messages_total", hl, float(dropped))
+                add("outpost_agent_duplicate_messages_total", hl, float(duplicates))
+            for (kind, severity), count in sorted(events.items()):
+                add("outpost_host_events_total", {**hl, "kind": kind, "severity": severity}, count)
+
+        for site in meta["sites"]:
+            add(
+                "outpost_site_info",
+                {
+                    "site": site.id,
+                    "name": site.name,
+                    "county": site.county,
+                    "township": site.township,
+                    "latitude": "" if site.latitude is None else str(site.latitude),
+                    "longitude": "" if site.longitude is None else str(site.longitude),
+                },
+                1.0,
+            )
+
+        for result, count in sorted(meta["messages"].items()):
+            add("outpost_collector_messages_total", {"result": result}, float(count))
+        for reason, count in sorted(meta["invalid"].items()):
+            add("outpost_collector_invalid_messages_total", {"reason": reason}, float(count))
+        add("outpost_collector_lost_messages_total", {}, float(meta["lost"]))
+        add("outpost_collector_dropped_messages_total", {}, float(meta["dropped"]))
+        add("outpost_collector_hosts", {}, float(len(hosts)))
+        add("outpost_collector_build_info", {"version": __version__}, 1.0)
+        for name, value in self.extra().items():
+            add(name, {}, value)
+        yield from fam.values()
+        yield from self._agent_samples(hosts, set(fam))
+
+    def _agent_samples(
+        self, hosts: list[tuple[HostView, list[Any], Any, float]], taken: set[str]
+    ) -> Iterator[Metric]:
+        """Every online host's latest samples, with site and host added. A name that collides
+        with a collector family, or a series reported twice, is skipped."""
+        families: dict[str, Metric] = {}
+        seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+        blocked = {m[:-6] if m.endswith("_total") else m for m in taken} | taken
+        for view, samples, _events, _last in hosts:
+            if not view.up:
+                continue
+            for s in samples:
+                name = s.name
+                kind = "counter" if name.endswith("_total") else "gauge"
+                base = name[:-6] if kind == "counter" else name
+                if base in blocked or name in blocked:
+                    continue
+                metric = families.get(base)
+                if metric is None:
+                    metric = families[base] = _family(name, kind)
+                elif metric.type != kind:
+                    continue
+                labels = {"site": view.site, "host": view.host, **s.labels}
+                key = (name, tuple(sorted(labels.items())))
+                if key in seen:
+                    continue
+                seen.add(key)
+                metric.add_sample(name, labels, s.value)
+        yield from families.values()

@@ -1,0 +1,34 @@
+"""The inventory (sites.yaml): which sites and hosts should exist, with their human names.
+
+Identities are slugs; names, counties and townships are free text (Chinese included).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from outpost.wire import SLUG_RE
+
+__all__ = ["Inventory", "Site"]
+
+Slug = Annotated[str, msgspec.Meta(pattern=SLUG_RE.pattern)]
+
+
+class Site(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    id: Slug
+    name: str = ""
+    county: str = ""
+    township: str = ""
+    latitude: Annotated[float, msgspec.Meta(ge=-90, le=90)] | None = None
+    longitude: Annotated[float, msgspec.Meta(ge=-180, le=180)] | None = None
+    timezone: str = "Asia/Shanghai"
+    hosts: list[Slug] = msgspec.field(default_factory=list)
+
+
+class Inventory(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    sites: list[Site] = msgspec.field(default_factory=list)
+
+    def expected_hosts(self) -> set[tuple[str, str]]:
+        return {(site.id, host) for site in self.sites for host in site.hosts}

@@ -1,0 +1,211 @@
+"""The collector process: MQTT ingest, persisted seq bookkeeping, end-to-end acks, HTTP.
+
+Three threads meet here: paho's (ingest under the state lock), the ack loop (persist the seq
+tracks, then publish acks, every ``ack_interval_seconds``) and the HTTP server's (scrapes and
+API reads take a snapshot under the same lock).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    ProcessCollector,
+    generate_latest,
+)
+
+from collector.config import CollectorConfig
+from collector.exporter import FleetCollector
+from collector.ingest import Ingest
+from collector.inventory import Inventory
+from collector.mqtt import Subscriber
+from collector.state import FleetState
+from collector.store import Store
+from outpost import wire
+
+__all__ = ["CollectorService", "parse_listen"]
+
+log = logging.getLogger(__name__)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class CollectorService:
+    def __init__(self, config: CollectorConfig, inventory: Inventory | None = None) -> None:
+        self.config = config
+        limits = wire.Limits(
+            max_payload_bytes=config.limits.max_payload_bytes,
+            max_samples=config.limits.max_samples,
+            max_events=config.limits.max_events,
+            max_labels=config.limits.max_labels,
+            max_label_value_len=config.limits.max_label_value_len,
+        )
+        self.state = FleetState(config.stale_after_seconds, inventory)
+        self.ingest = Ingest(self.state, limits, config.broker.topic_prefix)
+        self.store = Store(Path(config.state_dir) / "collector.sqlite")
+        for agent_id, (_site, _host, track) in self.store.load_tracks().items():
+            self.state.tracks[agent_id] = track
+            self.state.lost_total += track.lost
+            self.state.dropped_total += track.dropped
+        self.subscriber = Subscriber(config.broker, self._on_message)
+        self.acks_published = 0
+        self.ack_failures = 0
+        self.registry = CollectorRegistry()
+        self.registry.register(FleetCollector(self.ingest, self._extra))
+        ProcessCollector(registry=self.registry)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.http: ThreadingHTTPServer | None = None
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        self.ingest.handle(topic, payload, time.time())
+
+    def _extra(self) -> dict[str, float]:
+        return {
+            "outpost_collector_acks_published_total": float(self.acks_published),
+            "outpost_collector_ack_failures_total": float(self.ack_failures),
+            "outpost_collector_broker_connected": 1.0
+            if self.subscriber.connected.is_set()
+            else 0.0,
+            "outpost_collector_broker_connects_total": float(self.subscriber.connects),
+        }
+
+    # --- acks -------------------------------------------------------------------------------
+
+    def flush_acks(self) -> int:
+        """Persist the seq tracks owed an ack, then publish the acks. Returns acks sent."""
+        owed = self.ingest.take_acks()
+        if not owed:
+            return 0
+        self.store.save_tracks([(a.agent_id, site, host, data) for site, host, a, data in owed])
+        sent = 0
+        prefix = self.config.broker.topic_prefix
+        for site, host, ack, _data in owed:
+            if self.subscriber.publish(wire.topic(prefix, site, host, wire.ACK), wire.encode(ack)):
+                sent += 1
+            else:
+                self.ack_failures += 1
+                self.ingest.owe_ack(ack.agent_id, site, host)
+        self.acks_published += sent
+        return sent
+
+    def _ack_loop(self) -> None:
+        while not self._stop.wait(self.config.ack_interval_seconds):
+            try:
+                self.flush_acks()
+            except Exception:
+                log.exception("could not flush acks; will retry")
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        host, port = parse_listen(self.config.listen)
+        self.http = ThreadingHTTPServer((host, port), _handler(self))
+        self.http.daemon_threads = True
+        self._threads = [
+            threading.Thread(target=self.http.serve_forever, name="http", daemon=True),
+            threading.Thread(target=self._ack_loop, name="acks", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        self.subscriber.start()
+        log.info(
+            "collector listening on http://%s/ ; broker %s",
+            self.config.listen,
+            self.config.broker.url,
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            if t.name == "acks":
+                t.join(timeout=5)
+        try:
+            self.flush_acks()
+        except Exception:
+            log.exception("final ack flush failed")
+        self.subscriber.stop()
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()
+        self.store.close()
+
+    # --- HTTP views -------------------------------------------------------------------------
+
+    def hosts_json(self) -> list[dict[str, Any]]:
+        now = time.time()
+        names = {s.id: s.name for s in self.state.sites()}
+        out = []
+        with self.ingest.lock:
+            for v in self.state.views(now):
+                hs, tr = v.host_state, v.track
+                out.append(
+                    {
+                        "site": v.site,
+                        "site_name": names.get(v.site, ""),
+                        "host": v.host,
+                        "state": v.state,
+                        "up": v.up,
+                        "expected": v.expected,
+                        "last_seen": hs.last_seen if hs else None,
+                        "agent_id": hs.agent_id if hs else None,
+                        "boot_id": hs.boot_id if hs else None,
+                        "last_seq": tr.highest if tr else None,
+                        "lost": tr.lost if tr else 0,
+                        "dropped": tr.dropped if tr else 0,
+                        "duplicates": tr.duplicates if tr else 0,
+                    }
+                )
+        out.sort(key=lambda h: (h["site"], h["host"]))
+        return out
+
+
+def _handler(service: CollectorService) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "outpost-collector"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("http: " + format, *args)
+
+        def _send(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, code: int, obj: Any) -> None:
+            body = json.dumps(obj, ensure_ascii=False).encode()
+            self._send(code, body, "application/json; charset=utf-8")
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            try:
+                if path == "/metrics":
+                    self._send(200, generate_latest(service.registry), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    ok = service.subscriber.connected.is_set()
+                    self._json(
+                        200 if ok else 503,
+                        {"status": "ok" if ok else "broker unreachable", "broker_connected": ok},
+                    )
+                elif path == "/api/v1/hosts":
+                    self._json(200, {"hosts": service.hosts_json()})
+                else:
+                    self._json(404, {"error": f"no such endpoint {path[:100]}"})
+            except Exception as exc:
+                log.exception("error serving %s", path[:100])
+                self._json(500, {"error": str(exc)[:300]})
+
+    return Handler

@@ -1,0 +1,143 @@
+"""Fleet state: hosts, their presence, latest samples and seq bookkeeping, as pure data.
+
+Every update takes ``now`` (seconds) as an argument; nothing here reads a clock, opens a socket
+or logs. The ingest layer holds the lock and calls in; the exporter reads a snapshot.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import NamedTuple
+
+import msgspec
+
+from collector.inventory import Inventory, Site
+from collector.seqtrack import SeqTrack
+from outpost import wire
+
+__all__ = ["MIN_STALE_SECONDS", "Applied", "FleetState", "HostState", "HostView"]
+
+MIN_STALE_SECONDS = 5.0
+
+
+class HostState(msgspec.Struct):
+    site: str
+    host: str
+    agent_id: str = ""
+    boot_id: str = ""
+    status: str = ""  # "online" | "offline" | "" (never said)
+    reason: str = ""
+    status_at: float = 0.0
+    last_seen: float = 0.0
+    batch_ts: int = 0
+    interval: float = 0.0
+    samples: list[wire.Sample] = msgspec.field(default_factory=list)
+    events: Counter[tuple[str, str]] = msgspec.field(default_factory=Counter)
+
+
+class HostView(NamedTuple):
+    """What the exporter and the API show for one host at one moment."""
+
+    site: str
+    host: str
+    state: str  # online | lost | shutdown | stale | never_reported
+    up: bool
+    expected: bool
+    host_state: HostState | None
+    track: SeqTrack | None
+
+
+class Applied(NamedTuple):
+    new: bool
+    dropped: int = 0
+    lost: int = 0
+
+
+class FleetState:
+    def __init__(self, stale_after: float, inventory: Inventory | None = None) -> None:
+        self.stale_after = stale_after
+        self.inventory = inventory or Inventory()
+        self.expected = self.inventory.expected_hosts()
+        self.hosts: dict[tuple[str, str], HostState] = {}
+        self.tracks: dict[str, SeqTrack] = {}
+        self.lost_total = 0
+        self.dropped_total = 0
+
+    def sites(self) -> list[Site]:
+        return list(self.inventory.sites)
+
+    def _host(self, site: str, host: str) -> HostState:
+        key = (site, host)
+        state = self.hosts.get(key)
+        if state is None:
+            state = self.hosts[key] = HostState(site, host)
+        return state
+
+    def apply_status(self, status: wire.Status, site: str, host: str, now: float) -> None:
+        state = self._host(site, host)
+        state.status = status.status
+        state.reason = status.reason if status.status == "offline" else ""
+        state.status_at = now
+        if status.agent_id:
+            state.agent_id = status.agent_id
+        if status.boot_id:
+            state.boot_id = status.boot_id
+        if status.status == "online":
+            state.last_seen = max(state.last_seen, now)
+
+    def track_for(self, agent_id: str, seq: int, outbox_low: int) -> SeqTrack:
+        track = self.tracks.get(agent_id)
+        if track is None:
+            track = self.tracks[agent_id] = SeqTrack.first_seen(seq, outbox_low)
+        return track
+
+    def apply_batch(self, batch: wire.Batch, now: float) -> Applied:
+        """Dedupe by (agent_id, seq), settle drops and losses, keep the newest samples."""
+        track = self.track_for(batch.agent_id, batch.seq, batch.outbox_low)
+        if not track.offer(batch.seq):
+            return Applied(False)
+        dropped, lost = track.settle(batch.outbox_low or batch.seq, batch.dropped)
+        self.dropped_total += dropped
+        self.lost_total += lost
+        state = self._host(batch.site, batch.host)
+        state.last_seen = max(state.last_seen, now)
+        if batch.agent_id != state.agent_id:
+            state.agent_id = batch.agent_id
+        if batch.boot_id:
+            state.boot_id = batch.boot_id
+        if batch.interval:
+            state.interval = batch.interval
+        if batch.samples and batch.ts >= state.batch_ts:
+            state.batch_ts = batch.ts
+            state.samples = batch.samples
+        for event in batch.events:
+            state.events[(event.kind, event.severity)] += 1
+        return Applied(True, dropped, lost)
+
+    def settle_rejected(self, agent_id: str, seq: int) -> bool:
+        """Mark a seq whose message was refused as settled, so the agent stops resending it."""
+        return self.track_for(agent_id, seq, seq).offer(seq)
+
+    # --- views ------------------------------------------------------------------------------
+
+    def stale_limit(self, state: HostState) -> float:
+        return max(self.stale_after, 3 * state.interval, MIN_STALE_SECONDS)
+
+    def view(self, state: HostState | None, site: str, host: str, now: float) -> HostView:
+        expected = (site, host) in self.expected
+        if state is None:
+            return HostView(site, host, "never_reported", False, expected, None, None)
+        track = self.tracks.get(state.agent_id)
+        if state.status == "offline":
+            name = "shutdown" if state.reason == "shutdown" else "lost"
+        elif now - state.last_seen > self.stale_limit(state):
+            name = "stale"
+        else:
+            name = "online"
+        return HostView(site, host, name, name == "online", expected, state, track)
+
+    def views(self, now: float) -> list[HostView]:
+        out = [self.view(st, site, host, now) for (site, host), st in self.hosts.items()]
+        for site, host in sorted(self.expected - self.hosts.keys()):
+            out.append(self.view(None, site, host, now))
+        return out

@@ -1,0 +1,57 @@
+"""The root ``outpost`` command. Each side's commands load only when used, so a host that runs
+only the agent never imports collector code."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+__all__ = ["app", "main"]
+
+# command name -> (module, attribute, one-line help shown in the list)
+_LAZY: dict[str, tuple[str, str, str]] = {
+    "up": ("outpost.up", "app", "Run broker, collector and a local agent on this machine."),
+    "agent": ("agent.cli", "app", "Run, try or check the agent that reports this host."),
+    "collector": ("collector.cli", "app", "Run or check the collector that keeps fleet state."),
+}
+
+
+class _LazyGroup(TyperGroup):
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*super().list_commands(ctx), *_LAZY]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in _LAZY:
+            module, attr, _help = _LAZY[cmd_name]
+            sub = getattr(importlib.import_module(module), attr)
+            command = typer.main.get_command(sub)
+            command.name = cmd_name
+            return command
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = [(name, help_) for name, (_m, _a, help_) in _LAZY.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+app = typer.Typer(
+    cls=_LazyGroup,
+    help="Outpost: monitoring for unattended sites. Agents report over MQTT to a collector "
+    "that feeds Prometheus and alerts on-call staff.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Outpost: monitoring for unattended sites."""
+
+
+def main() -> None:
+    app()

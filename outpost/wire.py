@@ -1,0 +1,319 @@
+"""The wire contract: topics, identities, message types, limits, encode and decode.
+
+docs/protocol.md is the normative description; this module is its executable copy. Both the
+agent and the collector import it, and nothing else crosses between them. Everything here is
+pure: no sockets, no clocks (times are passed in).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "ACK",
+    "EVENTS",
+    "METRICS",
+    "SCHEMA_VERSION",
+    "SLUG_RE",
+    "STATUS",
+    "Ack",
+    "Batch",
+    "DecodeFailure",
+    "Event",
+    "Limits",
+    "Sample",
+    "Status",
+    "TopicParts",
+    "decode_ack",
+    "decode_batch",
+    "decode_status",
+    "encode",
+    "encode_ranges",
+    "is_slug",
+    "merge_ranges",
+    "parse_topic",
+    "topic",
+]
+
+SCHEMA_VERSION = 1
+PROTOCOL_SEGMENT = "v1"
+
+STATUS = "status"
+METRICS = "metrics"
+EVENTS = "events"
+ACK = "ack"
+KINDS = (STATUS, METRICS, EVENTS, ACK)
+
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+METRIC_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+RESERVED_LABELS = frozenset({"site", "host"})
+
+
+def is_slug(value: str) -> bool:
+    """True when ``value`` may be used as a site or host identity (and in a topic)."""
+    return bool(SLUG_RE.match(value))
+
+
+# --- topics -------------------------------------------------------------------------------
+
+
+def topic(prefix: str, site: str, host: str, kind: str) -> str:
+    """The topic for one agent's ``kind`` of message: ``<prefix>/v1/<site>/<host>/<kind>``."""
+    return f"{prefix}/{PROTOCOL_SEGMENT}/{site}/{host}/{kind}"
+
+
+class TopicParts(msgspec.Struct, frozen=True):
+    site: str
+    host: str
+    kind: str
+
+
+def parse_topic(prefix: str, name: str) -> TopicParts | None:
+    """Split a topic into site, host and kind; None when it is not one of ours or not slugs."""
+    head = f"{prefix}/{PROTOCOL_SEGMENT}/"
+    if not name.startswith(head):
+        return None
+    parts = name[len(head) :].split("/")
+    if len(parts) != 3:
+        return None
+    site, host, kind = parts
+    if kind not in KINDS or not is_slug(site) or not is_slug(host):
+        return None
+    return TopicParts(site, host, kind)
+
+
+# --- messages -----------------------------------------------------------------------------
+
+
+class Sample(msgspec.Struct, omit_defaults=True):
+    """One value: a catalogue name, its labels (site and host are added by the collector)."""
+
+    name: str
+    value: float
+    labels: dict[str, str] = {}
+    ts: int | None = None
+
+
+class Event(msgspec.Struct, omit_defaults=True):
+    """A security or operational event. ``attrs`` carries kind-specific detail."""
+
+    kind: str
+    severity: Literal["info", "warning", "critical"] = "info"
+    ts: int = 0
+    message: str = ""
+    attrs: dict[str, str] = {}
+
+
+class Batch(msgspec.Struct, omit_defaults=True):
+    """What an agent publishes on ``metrics`` (samples) and ``events`` (events).
+
+    ``seq`` is per agent, shared by both kinds, and never repeats. ``outbox_low`` is the lowest
+    seq the agent still holds; ``dropped`` lists the seq ranges it dropped under pressure and
+    has not yet seen acknowledged. ``interval`` is the collection interval in seconds, so the
+    collector can tell an agent that went quiet.
+    """
+
+    v: int
+    site: str
+    host: str
+    agent_id: str
+    boot_id: str
+    seq: int
+    ts: int
+    outbox_low: int = 0
+    dropped: list[tuple[int, int]] = []
+    interval: float = 0.0
+    samples: list[Sample] = []
+    events: list[Event] = []
+
+
+class Status(msgspec.Struct, omit_defaults=True):
+    """Retained presence: ``online`` birth, ``offline`` with reason ``lost`` (Last Will) or
+    ``shutdown`` (clean stop)."""
+
+    v: int
+    status: Literal["online", "offline"]
+    site: str = ""
+    host: str = ""
+    agent_id: str = ""
+    boot_id: str = ""
+    reason: str = ""
+    ts: int = 0
+
+
+class Ack(msgspec.Struct, omit_defaults=True):
+    """Collector -> agent: every seq <= ``upto`` is settled; ``ranges`` were applied above it."""
+
+    v: int
+    agent_id: str
+    upto: int
+    ranges: list[tuple[int, int]] = []
+
+
+# --- limits and validation ----------------------------------------------------------------
+
+
+class Limits(msgspec.Struct, frozen=True):
+    """What the collector accepts. The agent keeps under the same limits."""
+
+    max_payload_bytes: int = 256 * 1024
+    max_samples: int = 5000
+    max_events: int = 500
+    max_labels: int = 16
+    max_label_value_len: int = 256
+    max_name_len: int = 128
+    max_text_len: int = 2048
+    max_ranges: int = 1000
+
+
+class DecodeFailure(Exception):
+    """A message that breaks the contract. ``reason`` is a short counter label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+_batch_decoder = msgspec.json.Decoder(Batch)
+_status_decoder = msgspec.json.Decoder(Status)
+_ack_decoder = msgspec.json.Decoder(Ack)
+_encoder = msgspec.json.Encoder()
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    return _encoder.encode(message)
+
+
+def encode_ranges(ranges: list[tuple[int, int]]) -> bytes:
+    return _encoder.encode(ranges)
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], payload: bytes, limits: Limits) -> Any:
+    if len(payload) > limits.max_payload_bytes:
+        raise DecodeFailure("oversized", f"{len(payload)} bytes, limit {limits.max_payload_bytes}")
+    try:
+        return decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise DecodeFailure("schema", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise DecodeFailure("malformed", str(exc)) from None
+    except RecursionError:
+        raise DecodeFailure("malformed", "nested too deeply") from None
+
+
+def _check_identity(kind: str, site: str, host: str, expect: TopicParts | None) -> None:
+    if not is_slug(site) or not is_slug(host):
+        raise DecodeFailure("identity", f"site/host in {kind} payload are not slugs")
+    if expect is not None and (site, host) != (expect.site, expect.host):
+        raise DecodeFailure(
+            "topic_mismatch",
+            f"payload says {site}/{host}, topic says {expect.site}/{expect.host}",
+        )
+
+
+def _check_text(value: str, limit: int, what: str) -> None:
+    if len(value) > limit:
+        raise DecodeFailure("limits", f"{what} longer than {limit} characters")
+
+
+def _check_labels(labels: dict[str, str], limits: Limits, where: str) -> None:
+    if len(labels) > limits.max_labels:
+        raise DecodeFailure("limits", f"{where}: {len(labels)} labels, limit {limits.max_labels}")
+    for key, value in labels.items():
+        if not LABEL_NAME_RE.match(key) or key.startswith("__") or key in RESERVED_LABELS:
+            raise DecodeFailure("label", f"{where}: label name {key[:40]!r} is not allowed")
+        if len(value) > limits.max_label_value_len:
+            raise DecodeFailure("limits", f"{where}: label {key} value too long")
+
+
+def _check_ranges(ranges: Iterable[tuple[int, int]], limits: Limits, what: str) -> None:
+    count = 0
+    for lo, hi in ranges:
+        count += 1
+        if lo < 1 or hi < lo:
+            raise DecodeFailure("schema", f"{what}: bad range [{lo}, {hi}]")
+    if count > limits.max_ranges:
+        raise DecodeFailure("limits", f"{what}: more than {limits.max_ranges} ranges")
+
+
+def decode_batch(payload: bytes, expect: TopicParts | None, limits: Limits) -> Batch:
+    """Decode and validate a metrics or events message; raise DecodeFailure when it is bad."""
+    batch: Batch = _decode(_batch_decoder, payload, limits)
+    if batch.v != SCHEMA_VERSION:
+        raise DecodeFailure("version", f"schema version {batch.v}, expected {SCHEMA_VERSION}")
+    _check_identity("batch", batch.site, batch.host, expect)
+    if not batch.agent_id or len(batch.agent_id) > 64:
+        raise DecodeFailure("schema", "agent_id must be 1 to 64 characters")
+    _check_text(batch.boot_id, 64, "boot_id")
+    if batch.seq < 1:
+        raise DecodeFailure("schema", f"seq must be >= 1, got {batch.seq}")
+    if batch.outbox_low < 0 or batch.outbox_low > batch.seq:
+        raise DecodeFailure("schema", f"outbox_low {batch.outbox_low} outside 0..seq")
+    if not math.isfinite(batch.interval) or batch.interval < 0:
+        raise DecodeFailure("value", "interval must be a finite number >= 0")
+    _check_ranges(batch.dropped, limits, "dropped")
+    if len(batch.samples) > limits.max_samples:
+        raise DecodeFailure("limits", f"{len(batch.samples)} samples, limit {limits.max_samples}")
+    if len(batch.events) > limits.max_events:
+        raise DecodeFailure("limits", f"{len(batch.events)} events, limit {limits.max_events}")
+    for sample in batch.samples:
+        if len(sample.name) > limits.max_name_len or not METRIC_NAME_RE.match(sample.name):
+            raise DecodeFailure("name", f"metric name {sample.name[:40]!r} is not valid")
+        if not math.isfinite(sample.value):
+            raise DecodeFailure("value", f"{sample.name}: value is not a finite number")
+        if sample.labels:
+            _check_labels(sample.labels, limits, sample.name)
+    for event in batch.events:
+        if not event.kind or len(event.kind) > limits.max_name_len:
+            raise DecodeFailure("name", "event kind must be 1 to 128 characters")
+        _check_text(event.message, limits.max_text_len, "event message")
+        if len(event.attrs) > limits.max_labels * 2:
+            raise DecodeFailure("limits", f"event {event.kind}: too many attrs")
+        for key, value in event.attrs.items():
+            _check_text(key, limits.max_name_len, "event attr name")
+            _check_text(value, limits.max_text_len, "event attr value")
+    return batch
+
+
+def decode_status(payload: bytes, expect: TopicParts | None, limits: Limits) -> Status:
+    status: Status = _decode(_status_decoder, payload, limits)
+    if status.v != SCHEMA_VERSION:
+        raise DecodeFailure("version", f"schema version {status.v}, expected {SCHEMA_VERSION}")
+    if status.site or status.host:
+        _check_identity("status", status.site, status.host, expect)
+    _check_text(status.agent_id, 64, "agent_id")
+    _check_text(status.boot_id, 64, "boot_id")
+    _check_text(status.reason, 64, "reason")
+    return status
+
+
+def decode_ack(payload: bytes, limits: Limits) -> Ack:
+    ack: Ack = _decode(_ack_decoder, payload, limits)
+    if ack.v != SCHEMA_VERSION:
+        raise DecodeFailure("version", f"schema version {ack.v}, expected {SCHEMA_VERSION}")
+    if ack.upto < 0:
+        raise DecodeFailure("schema", "upto must be >= 0")
+    _check_ranges(ack.ranges, limits, "ranges")
+    return ack
+
+
+# --- seq ranges ---------------------------------------------------------------------------
+
+
+def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sort and merge inclusive integer ranges, joining adjacent ones."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            if hi > out[-1][1]:
+                out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return out
