@@ -49,6 +49,7 @@ class Agent:
         self._current_from = 0
         self._current_cursor = 0
         self._backlog_cursor = 0
+        self._ready = False
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -124,9 +125,13 @@ class Agent:
         self._backlog_cursor = 0
 
     def _handle(self, event: SessionEvent) -> None:
-        if event.kind == "disconnected":
-            # Whatever was in flight may be lost with the session: send it again, newest first.
+        if event.kind == "connected":
+            # Whatever was in flight may be lost with the old session: the newest row goes
+            # first, then the backlog in order.
             self._restart_delivery()
+            self._ready = True
+        elif event.kind == "disconnected":
+            self._ready = False
         elif event.kind == "ack":
             self._on_ack(event.payload)
 
@@ -145,7 +150,7 @@ class Agent:
                 del self._inflight[seq]
 
     def _drain(self) -> None:
-        if not self.publisher.connected:
+        if not (self._ready and self.publisher.connected):
             return
         now = time.monotonic()
         if (
