@@ -36,7 +36,7 @@ class LogConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     site: Slug
     host: Slug
-    interval_seconds: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 15.0
+    interval_seconds: Annotated[float, msgspec.Meta(ge=0.1, le=86400)] = 15.0
     state_dir: str = "/var/lib/outpost-agent"
     broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
     outbox: OutboxConfig = msgspec.field(default_factory=OutboxConfig)

@@ -162,6 +162,7 @@ class CollectorService:
                         "agent_id": hs.agent_id if hs else None,
                         "boot_id": hs.boot_id if hs else None,
                         "last_seq": tr.highest if tr else None,
+                        "settled_upto": tr.upto if tr else None,
                         "lost": tr.lost if tr else 0,
                         "dropped": tr.dropped if tr else 0,
                         "duplicates": tr.duplicates if tr else 0,

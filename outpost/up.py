@@ -159,6 +159,8 @@ def up(
             "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {state / 'broker'}/\n"
+            # As root, mosquitto would drop to its own user, which cannot write the state dir.
+            + ("user root\n" if os.geteuid() == 0 else "")
         )
         children.start("broker", [mosquitto, "-c", str(conf)])
         broker_desc, protocol = "mosquitto", "5"
