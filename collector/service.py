@@ -49,7 +49,6 @@ class CollectorService:
             max_samples=config.limits.max_samples,
             max_events=config.limits.max_events,
             max_labels=config.limits.max_labels,
-            max_label_value_len=config.limits.max_label_value_len,
         )
         self.state = FleetState(config.stale_after_seconds, inventory)
         self.ingest = Ingest(self.state, limits, config.broker.topic_prefix)
@@ -143,6 +142,19 @@ class CollectorService:
 
     # --- HTTP views -------------------------------------------------------------------------
 
+    def stats_json(self) -> dict[str, Any]:
+        """The collector's own counters: cheap, for scripts and benchmarks."""
+        with self.ingest.lock:
+            return {
+                "messages": dict(self.ingest.messages),
+                "invalid": dict(self.ingest.invalid),
+                "lost": self.state.lost_total,
+                "dropped": self.state.dropped_total,
+                "agents": len(self.state.tracks),
+                "acks_published": self.acks_published,
+                "broker_connected": self.subscriber.connected.is_set(),
+            }
+
     def hosts_json(self) -> list[dict[str, Any]]:
         now = time.time()
         names = {s.id: s.name for s in self.state.sites()}
@@ -203,6 +215,8 @@ def _handler(service: CollectorService) -> type[BaseHTTPRequestHandler]:
                     )
                 elif path == "/api/v1/hosts":
                     self._json(200, {"hosts": service.hosts_json()})
+                elif path == "/api/v1/collector":
+                    self._json(200, service.stats_json())
                 else:
                     self._json(404, {"error": f"no such endpoint {path[:100]}"})
             except Exception as exc:
