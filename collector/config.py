@@ -25,7 +25,6 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     max_samples: Annotated[int, msgspec.Meta(ge=1)] = 5000
     max_events: Annotated[int, msgspec.Meta(ge=1)] = 500
     max_labels: Annotated[int, msgspec.Meta(ge=1, le=64)] = 16
-    max_label_value_len: Annotated[int, msgspec.Meta(ge=16)] = 256
 
 
 class LogConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

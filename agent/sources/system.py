@@ -17,13 +17,11 @@ import msgspec
 
 from agent.sources.base import Collected, SourceError
 from agent.sources.host import HostSystem, PsutilHost
-from outpost.wire import Limits, Sample
+from outpost.wire import MAX_LABEL_VALUE_LEN, Sample
 
 __all__ = ["SystemConfig", "SystemSource", "host_samples"]
 
 logger = logging.getLogger(__name__)
-
-MAX_LABEL_VALUE_LEN = Limits().max_label_value_len
 
 DEFAULT_EXCLUDE_FSTYPES = [
     "autofs",
