@@ -1,0 +1,138 @@
+"""The agent's delivery order and end-to-end acks, with a fake publisher (no broker)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from agent.config import AgentConfig, OutboxConfig
+from agent.cycle import Identity
+from agent.outbox import Outbox
+from agent.publisher import SessionEvent
+from agent.runner import Agent
+from outpost import wire
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.connected = True
+        self.sent: list[dict] = []
+        self.refuse = False
+
+    def publish(self, kind: str, payload: bytes) -> int | None:
+        if self.refuse:
+            return None
+        self.sent.append(json.loads(payload))
+        return len(self.sent)
+
+
+def make_agent(tmp_path: Path, **outbox: object) -> tuple[Agent, FakePublisher]:
+    cfg = AgentConfig(site="s1", host="h1", state_dir=str(tmp_path), outbox=OutboxConfig(**outbox))
+    agent = Agent(cfg, sources=[])
+    agent.outbox = Outbox(tmp_path / "outbox.sqlite", cfg.outbox.max_bytes)
+    agent.who = Identity("s1", "h1", agent.outbox.agent_id, "boot")
+    pub = FakePublisher()
+    agent.publisher = pub  # type: ignore[assignment]
+    return agent, pub
+
+
+def ack(agent: Agent, upto: int, ranges: list[tuple[int, int]] | None = None) -> None:
+    msg = wire.Ack(v=1, agent_id=agent.who.agent_id, upto=upto, ranges=ranges or [])
+    agent._handle(SessionEvent("ack", wire.encode(msg)))
+
+
+def test_nothing_is_sent_before_the_session_is_up(tmp_path: Path) -> None:
+    agent, pub = make_agent(tmp_path)
+    agent.cycle(1000.0)
+    agent._drain()
+    assert pub.sent == []
+    agent._handle(SessionEvent("connected"))
+    agent._drain()
+    assert [b["seq"] for b in pub.sent] == [1]
+
+
+def test_after_an_outage_the_newest_goes_first_then_the_backlog_in_order(tmp_path: Path) -> None:
+    agent, pub = make_agent(tmp_path)
+    for i in range(5):  # collected while the link was down
+        agent.cycle(1000.0 + i)
+    agent._handle(SessionEvent("connected"))
+    agent.cycle(1010.0)  # a current batch arrives right after the reconnect
+    agent._drain()
+    assert [b["seq"] for b in pub.sent] == [5, 6, 1, 2, 3, 4]
+    assert all(b["outbox_low"] == 1 for b in pub.sent)
+
+
+def test_rows_leave_the_outbox_only_when_acked_end_to_end(tmp_path: Path) -> None:
+    agent, _pub = make_agent(tmp_path)
+    agent._handle(SessionEvent("connected"))
+    for i in range(3):
+        agent.cycle(1000.0 + i)
+        agent._drain()
+    assert agent.outbox.stats().rows == 3  # published (PUBACK or not) is not delivered
+    ack(agent, 1, [(3, 3)])
+    assert agent.outbox.stats().rows == 1 and agent.outbox.low() == 2
+    ack(agent, 3)
+    assert agent.outbox.stats().rows == 0
+
+
+def test_an_ack_for_another_agent_is_ignored(tmp_path: Path) -> None:
+    agent, _pub = make_agent(tmp_path)
+    agent._handle(SessionEvent("connected"))
+    agent.cycle(1000.0)
+    agent._drain()
+    other = wire.Ack(v=1, agent_id="someone-else", upto=10)
+    agent._handle(SessionEvent("ack", wire.encode(other)))
+    agent._handle(SessionEvent("ack", b"garbage"))
+    assert agent.outbox.stats().rows == 1
+
+
+def test_a_disconnect_means_resending_what_was_in_flight(tmp_path: Path) -> None:
+    agent, pub = make_agent(tmp_path)
+    agent._handle(SessionEvent("connected"))
+    agent.cycle(1000.0)
+    agent.cycle(1001.0)
+    agent._drain()
+    assert [b["seq"] for b in pub.sent] == [1, 2]
+    agent._handle(SessionEvent("disconnected"))
+    agent._handle(SessionEvent("connected"))
+    agent._drain()
+    assert [b["seq"] for b in pub.sent[2:]] == [2, 1]
+
+
+def test_the_in_flight_window_is_respected(tmp_path: Path) -> None:
+    agent, pub = make_agent(tmp_path, max_inflight=3)
+    agent._handle(SessionEvent("connected"))
+    for i in range(6):
+        agent.cycle(1000.0 + i)
+    agent._drain()
+    assert len(pub.sent) == 3
+    ack(agent, 2)
+    agent._drain()
+    assert len(pub.sent) == 5
+
+
+def test_a_refused_publish_is_counted_and_kept(tmp_path: Path) -> None:
+    agent, pub = make_agent(tmp_path)
+    agent._handle(SessionEvent("connected"))
+    pub.refuse = True
+    agent.cycle(1000.0)
+    agent._drain()
+    assert agent.publish_failures == 1 and agent.outbox.stats().rows == 1
+    pub.refuse = False
+    agent._drain()
+    assert [b["seq"] for b in pub.sent] == [1]
+
+
+def test_drops_under_pressure_are_declared_in_the_next_batch(tmp_path: Path) -> None:
+    agent, pub = make_agent(tmp_path, max_bytes=65536)
+    for i in range(200):  # about 1.3 kB each with no sources: the outbox overflows
+        agent.cycle(1000.0 + i)
+    dropped = agent.outbox.dropped_ranges()
+    assert dropped and dropped[0][0] == 1
+    agent._handle(SessionEvent("connected"))
+    agent._drain()
+    first = pub.sent[0]
+    assert [tuple(r) for r in first["dropped"]] == dropped
+    assert first["outbox_low"] == dropped[-1][1] + 1
+    decoded = wire.decode_batch(json.dumps(first).encode(), None, wire.Limits())
+    assert decoded.dropped == dropped
