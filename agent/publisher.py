@@ -1,4 +1,5 @@
-"""The agent's MQTT session: the only agent module that imports paho.
+"""The agent's MQTT session: the only agent module that imports paho (the client itself is
+built by outpost/session.py, shared with the collector).
 
 It owns the connection (TLS, credentials, keepalive, Last Will, retained birth message,
 reconnect with capped backoff and jitter, a graceful ``offline``/``shutdown`` on stop) and
@@ -11,18 +12,15 @@ from __future__ import annotations
 import logging
 import queue
 import random
-import ssl
 import threading
 import time
 from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from outpost import wire
-from outpost.connection import BrokerConfig, parse_broker_url, read_password
+from outpost.connection import BrokerConfig
+from outpost.session import connect_async, make_client
 
 __all__ = ["Publisher", "SessionEvent"]
 
@@ -55,7 +53,6 @@ class Publisher:
         self._events = events
         self._connected = threading.Event()
         self._prefix = config.topic_prefix
-        self._v5 = config.protocol == "5"
         self._client = self._make_client()
 
     # --- construction -----------------------------------------------------------------------
@@ -80,37 +77,9 @@ class Publisher:
     def _make_client(self) -> mqtt.Client:
         cfg = self.config
         client_id = cfg.client_id or f"outpost-agent-{self.site}-{self.host}"
-        if self._v5:
-            client = mqtt.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=client_id,
-                protocol=MQTTProtocolVersion.MQTTv5,
-            )
-        else:
-            client = mqtt.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=client_id,
-                clean_session=False,
-                protocol=MQTTProtocolVersion.MQTTv311,
-            )
-        password = read_password(cfg)
-        if cfg.username:
-            client.username_pw_set(cfg.username, password)
-        address = parse_broker_url(cfg.url)
-        if address.tls or cfg.tls.ca_file or cfg.tls.cert_file:
-            client.tls_set(
-                ca_certs=cfg.tls.ca_file,
-                certfile=cfg.tls.cert_file,
-                keyfile=cfg.tls.key_file,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
+        client = make_client(cfg, client_id, max_inflight=100)
         client.will_set(self.topic(wire.STATUS), self._status("offline", "lost", 0), 1, True)
-        client.max_inflight_messages_set(100)
         client.max_queued_messages_set(0)
-        client.reconnect_delay_set(
-            min_delay=max(1, round(cfg.reconnect_min_seconds)),
-            max_delay=max(1, round(cfg.reconnect_max_seconds)),
-        )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -161,19 +130,7 @@ class Publisher:
         return self._connected.is_set()
 
     def start(self) -> None:
-        address = parse_broker_url(self.config.url)
-        props = None
-        if self._v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = self.config.session_expiry_seconds
-        self._client.connect_async(
-            address.host,
-            address.port,
-            keepalive=self.config.keepalive_seconds,
-            clean_start=False if self._v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
-            properties=props,
-        )
-        self._client.loop_start()
+        connect_async(self._client, self.config)
 
     def publish(self, kind: str, payload: bytes) -> int | None:
         """Publish at QoS 1; the message id, or None when it could not be handed to the

@@ -8,18 +8,15 @@ for it at the broker. Messages are handed to a callback as (topic, payload) on p
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from outpost import wire
-from outpost.connection import BrokerConfig, parse_broker_url, read_password
+from outpost.connection import BrokerConfig
+from outpost.session import connect_async, make_client
 
 __all__ = ["Subscriber"]
 
@@ -30,42 +27,13 @@ class Subscriber:
     def __init__(self, config: BrokerConfig, on_message: Callable[[str, bytes], None]) -> None:
         self.config = config
         self._deliver = on_message
-        self._v5 = config.protocol == "5"
         self.connected = threading.Event()
         self.connects = 0
         prefix = config.topic_prefix
         self.filters = [
             f"{prefix}/v1/+/+/{kind}" for kind in (wire.STATUS, wire.METRICS, wire.EVENTS)
         ]
-        client_id = config.client_id or "outpost-collector"
-        if self._v5:
-            self._client = mqtt.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=client_id,
-                protocol=MQTTProtocolVersion.MQTTv5,
-            )
-        else:
-            self._client = mqtt.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=client_id,
-                clean_session=False,
-                protocol=MQTTProtocolVersion.MQTTv311,
-            )
-        if config.username:
-            self._client.username_pw_set(config.username, read_password(config))
-        address = parse_broker_url(config.url)
-        if address.tls or config.tls.ca_file:
-            self._client.tls_set(
-                ca_certs=config.tls.ca_file,
-                certfile=config.tls.cert_file,
-                keyfile=config.tls.key_file,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-        self._client.max_inflight_messages_set(1000)
-        self._client.reconnect_delay_set(
-            min_delay=max(1, round(config.reconnect_min_seconds)),
-            max_delay=max(1, round(config.reconnect_max_seconds)),
-        )
+        self._client = make_client(config, config.client_id or "outpost-collector", 1000)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -96,19 +64,7 @@ class Subscriber:
         self._deliver(topic, bytes(message.payload))
 
     def start(self) -> None:
-        address = parse_broker_url(self.config.url)
-        props = None
-        if self._v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = self.config.session_expiry_seconds
-        self._client.connect_async(
-            address.host,
-            address.port,
-            keepalive=self.config.keepalive_seconds,
-            clean_start=False if self._v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
-            properties=props,
-        )
-        self._client.loop_start()
+        connect_async(self._client, self.config)
 
     def publish(self, topic: str, payload: bytes) -> bool:
         if not self.connected.is_set():
