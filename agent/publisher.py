@@ -92,7 +92,12 @@ class Publisher:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         if reason.is_failure:
-            log.warning("broker refused the connection: %s", reason)
+            log.warning(
+                "the broker at %s refused the connection: %s. Check the user name, password "
+                "and ACL for this client",
+                self.config.url,
+                reason,
+            )
             return
         self._connected.set()
         client.subscribe(self.topic(wire.ACK), qos=1)

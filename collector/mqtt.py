@@ -42,7 +42,12 @@ class Subscriber:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         if reason.is_failure:
-            log.warning("broker refused the connection: %s", reason)
+            log.warning(
+                "the broker at %s refused the connection: %s. Check the user name, password "
+                "and ACL for this client",
+                self.config.url,
+                reason,
+            )
             return
         self.connects += 1
         client.subscribe([(f, 1) for f in self.filters])

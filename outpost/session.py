@@ -8,7 +8,9 @@ builds its client here and adds its callbacks.
 
 from __future__ import annotations
 
+import logging
 import ssl
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -18,6 +20,8 @@ from paho.mqtt.properties import Properties
 from outpost.connection import BrokerConfig, parse_broker_url, read_password
 
 __all__ = ["connect_async", "make_client"]
+
+log = logging.getLogger(__name__)
 
 
 def make_client(config: BrokerConfig, client_id: str, max_inflight: int) -> mqtt.Client:
@@ -43,6 +47,20 @@ def make_client(config: BrokerConfig, client_id: str, max_inflight: int) -> mqtt
             keyfile=config.tls.key_file,
             cert_reqs=ssl.CERT_REQUIRED,
         )
+    failing = [False]
+
+    def on_connect_fail(client: mqtt.Client, userdata: Any) -> None:
+        # Said once per streak of failures, then at debug: the link may be down for days.
+        level = logging.DEBUG if failing[0] else logging.WARNING
+        failing[0] = True
+        log.log(
+            level,
+            "cannot connect to %s; retrying with backoff. Check that the broker runs and "
+            "is reachable, and the TLS CA file if the URL is mqtts://",
+            config.url,
+        )
+
+    client.on_connect_fail = on_connect_fail
     client.max_inflight_messages_set(max_inflight)
     client.reconnect_delay_set(
         min_delay=max(1, round(config.reconnect_min_seconds)),
