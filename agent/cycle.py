@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from agent.outbox import OutboxStats
 from agent.sources.base import Source
@@ -20,6 +20,7 @@ __all__ = [
     "Identity",
     "build_batch",
     "collect",
+    "encode_batches",
     "self_samples",
     "with_delivery_state",
 ]
@@ -98,6 +99,38 @@ def build_batch(
         samples=samples or [],
         events=events or [],
     )
+
+
+def encode_batches(
+    who: Identity,
+    first_seq: int,
+    ts_ms: int,
+    interval: float,
+    limits: wire.Limits,
+    items: list[Sample] | list[Event],
+) -> list[bytes]:
+    """Encode a cycle's samples (or events) as one batch, or as several consecutive seqs when
+    one would break the collector's limits (count or bytes), so none is ever refused for size.
+    Room is left for the delivery state spliced in at send time."""
+    are_events = bool(items) and isinstance(items[0], Event)
+    cap = limits.max_events if are_events else limits.max_samples
+    budget = limits.max_payload_bytes - 16 * 1024
+    out: list[bytes] = []
+    pending: list[list[Any]] = [list(items[i : i + cap]) for i in range(0, len(items), cap)]
+    while pending:
+        chunk = pending.pop(0)
+        seq = first_seq + len(out)
+        if are_events:
+            batch = build_batch(who, seq, ts_ms, interval, events=chunk)
+        else:
+            batch = build_batch(who, seq, ts_ms, interval, samples=chunk)
+        data = wire.encode(batch)
+        if len(data) > budget and len(chunk) > 1:
+            half = len(chunk) // 2
+            pending[:0] = [chunk[:half], chunk[half:]]
+            continue
+        out.append(data)
+    return out
 
 
 def with_delivery_state(stored: bytes, outbox_low: int, dropped: list[tuple[int, int]]) -> bytes:

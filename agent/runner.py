@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 
 from agent.config import AgentConfig
-from agent.cycle import Identity, build_batch, collect, self_samples, with_delivery_state
+from agent.cycle import Identity, collect, encode_batches, self_samples, with_delivery_state
 from agent.outbox import Outbox
 from agent.publisher import Publisher, SessionEvent
 from agent.sources import Source, build_sources
 from outpost import wire
+from outpost.wire import Event, Sample
 
 __all__ = ["Agent", "read_boot_id"]
 
@@ -104,13 +105,14 @@ class Agent:
         )
         interval = self.config.interval_seconds
         try:
-            seq = self.outbox.next_seq
-            batch = build_batch(self.who, seq, ts_ms, interval, samples=samples)
-            self.outbox.add(wire.METRICS, wire.encode(batch), now)
-            if result.events:
-                seq = self.outbox.next_seq
-                batch = build_batch(self.who, seq, ts_ms, interval, events=result.events)
-                self.outbox.add(wire.EVENTS, wire.encode(batch), now)
+            batches: list[tuple[str, list[Sample] | list[Event]]] = [
+                (wire.METRICS, samples),
+                (wire.EVENTS, result.events),
+            ]
+            for kind, items in batches:
+                first = self.outbox.next_seq
+                for data in encode_batches(self.who, first, ts_ms, interval, self.limits, items):
+                    self.outbox.add(kind, data, now)
         except sqlite3.Error as exc:
             self.write_failures += 1
             log.error("cannot write to the outbox in %s: %s", self.config.state_dir, exc)

@@ -136,3 +136,17 @@ def test_drops_under_pressure_are_declared_in_the_next_batch(tmp_path: Path) -> 
     assert first["outbox_low"] == dropped[-1][1] + 1
     decoded = wire.decode_batch(json.dumps(first).encode(), None, wire.Limits())
     assert decoded.dropped == dropped
+
+
+def test_a_cycle_too_big_for_one_message_is_split_under_the_limits() -> None:
+    from agent.cycle import encode_batches
+
+    who = Identity("s1", "h1", "a" * 32, "boot")
+    limits = wire.Limits(max_payload_bytes=64 * 1024, max_samples=700)
+    samples = [wire.Sample("outpost_x", float(i), {"k": "v" * 200}) for i in range(1500)]
+    encoded = encode_batches(who, 7, 1000, 15.0, limits, samples)
+    assert len(encoded) > 3
+    got = [wire.decode_batch(data, None, limits) for data in encoded]
+    assert [b.seq for b in got] == list(range(7, 7 + len(got)))
+    assert sum(len(b.samples) for b in got) == 1500
+    assert all(len(d) < limits.max_payload_bytes - 1024 for d in encoded)
