@@ -119,7 +119,7 @@ class Ingest:
     def _settle_refused(self, parts: wire.TopicParts, payload: bytes) -> None:
         try:
             env = _envelope_decoder.decode(payload)
-        except (msgspec.DecodeError, RecursionError):
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             return
         if (env.site, env.host) != (parts.site, parts.host) or env.seq < 1:
             return

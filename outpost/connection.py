@@ -36,7 +36,7 @@ class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     session_expiry_seconds: Annotated[int, msgspec.Meta(ge=60)] = 7 * 86400
     reconnect_min_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
     reconnect_max_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
-    topic_prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")] = "outpost"
+    topic_prefix: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}\Z")] = "outpost"
     tls: TlsConfig = msgspec.field(default_factory=TlsConfig)
 
 

@@ -49,9 +49,9 @@ EVENTS = "events"
 ACK = "ack"
 KINDS = (STATUS, METRICS, EVENTS, ACK)
 
-SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-METRIC_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")  # \Z: "$" also matches before a final "\n"
+METRIC_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*\Z")
 RESERVED_LABELS = frozenset({"site", "host"})
 
 
@@ -96,7 +96,7 @@ _FLOAT_MAX = 1.7976931348623157e308
 MAX_LABEL_VALUE_LEN = 256
 MetricName = Annotated[str, msgspec.Meta(pattern=METRIC_NAME_RE.pattern, max_length=128)]
 LabelName = Annotated[
-    str, msgspec.Meta(pattern=r"^(?!__)(?!(site|host)$)[a-zA-Z_][a-zA-Z0-9_]*$", max_length=128)
+    str, msgspec.Meta(pattern=r"^(?!__)(?!(site|host)\Z)[a-zA-Z_][a-zA-Z0-9_]*\Z", max_length=128)
 ]
 LabelValue = Annotated[str, msgspec.Meta(max_length=MAX_LABEL_VALUE_LEN)]
 Finite = Annotated[float, msgspec.Meta(ge=-_FLOAT_MAX, le=_FLOAT_MAX)]
@@ -212,7 +212,7 @@ def _decode(decoder: msgspec.json.Decoder[Any], payload: bytes, limits: Limits) 
         return decoder.decode(payload)
     except msgspec.ValidationError as exc:
         raise DecodeFailure(_reason(str(exc)), str(exc)) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 in a string
         raise DecodeFailure("malformed", str(exc)) from None
     except RecursionError:
         raise DecodeFailure("malformed", "nested too deeply") from None
