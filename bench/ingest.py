@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,25 +28,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from rich.progress import Progress
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import free_port, mosquitto_conf, rss_mb, wait_port
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from outpost import wire
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 def client(client_id: str) -> mqtt.Client:
@@ -170,18 +156,11 @@ def collector_rate(port: int, n: int, state: Path) -> tuple[float, float]:
             time.sleep(0.05)
         assert first is not None
         elapsed = time.perf_counter() - first[0]
-        rss = _rss(proc.pid)
+        rss = rss_mb(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
     return (n - first[1]) / elapsed, rss
-
-
-def _rss(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def main() -> None:
@@ -193,9 +172,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         conf = Path(tmp) / "m.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                        "max_queued_messages 0\nmax_queued_bytes 0\n"
-                        + ("user root\n" if os.geteuid() == 0 else ""))  # fmt: skip
+        mosquitto_conf(conf, port, "max_queued_messages 0\nmax_queued_bytes 0\n")
         broker = subprocess.Popen([mosquitto, "-c", str(conf)], stderr=subprocess.DEVNULL)
         try:
             wait_port(port)
