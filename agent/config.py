@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from agent.sources.probes import ProbesConfig
+from agent.sources.snmp import SnmpConfig
 from agent.sources.system import SystemConfig
 from outpost.connection import BrokerConfig
 from outpost.wire import SLUG_RE
@@ -26,6 +28,8 @@ class OutboxConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
 
 class SourcesConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     system: SystemConfig = msgspec.field(default_factory=SystemConfig)
+    probes: ProbesConfig = msgspec.field(default_factory=ProbesConfig)
+    snmp: SnmpConfig = msgspec.field(default_factory=SnmpConfig)
 
 
 class LogConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

@@ -11,7 +11,7 @@ import time
 from typing import Any, NamedTuple
 
 from agent.outbox import OutboxStats
-from agent.sources.base import Source
+from agent.sources.base import DeviceData, Source
 from outpost import wire
 from outpost.wire import Event, Sample
 
@@ -39,6 +39,7 @@ class CycleResult(NamedTuple):
     samples: list[Sample]
     events: list[Event]
     duration: float
+    devices: dict[str, DeviceData]
 
 
 def collect(sources: list[Source], now: float) -> CycleResult:
@@ -46,6 +47,7 @@ def collect(sources: list[Source], now: float) -> CycleResult:
     started = time.perf_counter()
     samples: list[Sample] = []
     events: list[Event] = []
+    devices: dict[str, DeviceData]
     for source in sources:
         t0 = time.perf_counter()
         ok = 1.0
@@ -53,6 +55,7 @@ def collect(sources: list[Source], now: float) -> CycleResult:
             got = source.collect(now)
             samples.extend(got.samples)
             events.extend(got.events)
+            devices.update(got.devices)
         except Exception as exc:
             ok = 0.0
             log.warning("source %s failed: %s", source.name, exc)
@@ -62,7 +65,7 @@ def collect(sources: list[Source], now: float) -> CycleResult:
         samples.append(
             Sample("outpost_agent_source_duration_seconds", time.perf_counter() - t0, labels)
         )
-    return CycleResult(samples, events, time.perf_counter() - started)
+    return CycleResult(samples, events, time.perf_counter() - started, devices)
 
 
 def self_samples(stats: OutboxStats, publish_failures: int, duration: float) -> list[Sample]:
@@ -84,6 +87,7 @@ def build_batch(
     interval: float,
     samples: list[Sample] | None = None,
     events: list[Event] | None = None,
+    device: str = "",
 ) -> wire.Batch:
     """A batch as stored in the outbox: ``outbox_low`` and ``dropped`` are left at their
     defaults (omitted from the JSON) and filled in when it is sent."""
@@ -96,6 +100,7 @@ def build_batch(
         seq=seq,
         ts=ts_ms,
         interval=interval,
+        device=device,
         samples=samples or [],
         events=events or [],
     )
@@ -108,6 +113,7 @@ def encode_batches(
     interval: float,
     limits: wire.Limits,
     items: list[Sample] | list[Event],
+    device: str = "",
 ) -> list[bytes]:
     """Encode a cycle's samples (or events) as one batch, or as several consecutive seqs when
     one would break the collector's limits (count or bytes), so none is ever refused for size.
@@ -121,9 +127,9 @@ def encode_batches(
         chunk = pending.pop(0)
         seq = first_seq + len(out)
         if are_events:
-            batch = build_batch(who, seq, ts_ms, interval, events=chunk)
+            batch = build_batch(who, seq, ts_ms, interval, events=chunk, device=device)
         else:
-            batch = build_batch(who, seq, ts_ms, interval, samples=chunk)
+            batch = build_batch(who, seq, ts_ms, interval, samples=chunk, device=device)
         data = wire.encode(batch)
         if len(data) > budget and len(chunk) > 1:
             half = len(chunk) // 2

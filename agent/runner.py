@@ -21,7 +21,7 @@ from agent.outbox import Outbox
 from agent.publisher import Publisher, SessionEvent
 from agent.sources import Source, build_sources
 from outpost import wire
-from outpost.wire import Event, Sample
+from outpost.wire import DEVICE_UP, Event, Sample
 
 __all__ = ["Agent", "read_boot_id"]
 
@@ -103,19 +103,29 @@ class Agent:
         samples = result.samples + self_samples(
             self.outbox.stats(), self.publish_failures, result.duration
         )
-        interval = self.config.interval_seconds
         try:
-            batches: list[tuple[str, list[Sample] | list[Event]]] = [
-                (wire.METRICS, samples),
-                (wire.EVENTS, result.events),
-            ]
-            for kind, items in batches:
-                first = self.outbox.next_seq
-                for data in encode_batches(self.who, first, ts_ms, interval, self.limits, items):
-                    self.outbox.add(kind, data, now)
+            self._store(wire.METRICS, samples, ts_ms, now)
+            self._store(wire.EVENTS, result.events, ts_ms, now)
+            for device, data in sorted(result.devices.items()):
+                up = Sample(DEVICE_UP, 1.0 if data.up else 0.0)
+                self._store(wire.METRICS, [*data.samples, up], ts_ms, now, device)
+                self._store(wire.EVENTS, data.events, ts_ms, now, device)
         except sqlite3.Error as exc:
             self.write_failures += 1
             log.error("cannot write to the outbox in %s: %s", self.config.state_dir, exc)
+
+    def _store(
+        self,
+        kind: str,
+        items: list[Sample] | list[Event],
+        ts_ms: int,
+        now: float,
+        device: str = "",
+    ) -> None:
+        interval = self.config.interval_seconds
+        first = self.outbox.next_seq
+        for data in encode_batches(self.who, first, ts_ms, interval, self.limits, items, device):
+            self.outbox.add(kind, data, now)
 
     # --- delivery ---------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from outpost import __version__
 
 __all__ = ["FleetCollector"]
 
-HOST_STATES = ("online", "lost", "shutdown", "stale", "never_reported")
+HOST_STATES = ("online", "lost", "shutdown", "stale", "unreachable", "never_reported")
 
 
 def _family(name: str, kind: str) -> Metric:

@@ -18,6 +18,7 @@ from outpost import wire
 __all__ = ["MIN_STALE_SECONDS", "Applied", "FleetState", "HostState", "HostView"]
 
 MIN_STALE_SECONDS = 5.0
+DEVICE_UP = wire.DEVICE_UP
 
 
 class HostState(msgspec.Struct):
@@ -33,6 +34,8 @@ class HostState(msgspec.Struct):
     interval: float = 0.0
     samples: list[wire.Sample] = msgspec.field(default_factory=list)
     events: Counter[tuple[str, str]] = msgspec.field(default_factory=Counter)
+    proxy: str = ""  # for a device polled by an agent: that agent's host
+    device_up: bool = False
 
 
 class HostView(NamedTuple):
@@ -40,7 +43,7 @@ class HostView(NamedTuple):
 
     site: str
     host: str
-    state: str  # online | lost | shutdown | stale | never_reported
+    state: str  # online | lost | shutdown | stale | unreachable | never_reported
     up: bool
     expected: bool
     host_state: HostState | None
@@ -99,8 +102,12 @@ class FleetState:
         dropped, lost = track.settle(batch.outbox_low or batch.seq, batch.dropped)
         self.dropped_total += dropped
         self.lost_total += lost
-        state = self._host(batch.site, batch.host)
+        state = self._host(batch.site, batch.device or batch.host)
         state.last_seen = max(state.last_seen, now)
+        if batch.device:
+            state.proxy = batch.host
+            if batch.samples and batch.ts >= state.batch_ts:
+                state.device_up = any(s.name == DEVICE_UP and s.value == 1.0 for s in batch.samples)
         if batch.agent_id != state.agent_id:
             state.agent_id = batch.agent_id
         if batch.boot_id:
@@ -127,11 +134,14 @@ class FleetState:
         expected = (site, host) in self.expected
         if state is None:
             return HostView(site, host, "never_reported", False, expected, None, None)
-        track = self.tracks.get(state.agent_id)
+        # A device shares its proxy agent's seq bookkeeping; that is shown on the agent.
+        track = None if state.proxy else self.tracks.get(state.agent_id)
         if state.status == "offline":
             name = "shutdown" if state.reason == "shutdown" else "lost"
         elif now - state.last_seen > self.stale_limit(state):
             name = "stale"
+        elif state.proxy and not state.device_up:
+            name = "unreachable"
         else:
             name = "online"
         return HostView(site, host, name, name == "online", expected, state, track)

@@ -16,6 +16,7 @@ import msgspec
 
 __all__ = [
     "ACK",
+    "DEVICE_UP",
     "EVENTS",
     "METRICS",
     "SCHEMA_VERSION",
@@ -42,6 +43,9 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 PROTOCOL_SEGMENT = "v1"
+
+# The sample an agent adds to a device's batch: 1 when the device answered this cycle.
+DEVICE_UP = "outpost_device_up"
 
 STATUS = "status"
 METRICS = "metrics"
@@ -127,7 +131,9 @@ class Batch(msgspec.Struct, omit_defaults=True):
     ``seq`` is per agent, shared by both kinds, and never repeats. ``outbox_low`` is the lowest
     seq the agent still holds; ``dropped`` lists the seq ranges it dropped under pressure and
     has not yet seen acknowledged. ``interval`` is the collection interval in seconds, so the
-    collector can tell an agent that went quiet.
+    collector can tell an agent that went quiet. ``device``, when set, names a device of the
+    same site that this agent polls on its behalf (SNMP gear): the samples and events belong
+    to host ``device``, while the envelope, topic and seq stay the agent's own.
     """
 
     v: int
@@ -140,6 +146,7 @@ class Batch(msgspec.Struct, omit_defaults=True):
     outbox_low: int = 0
     dropped: list[tuple[int, int]] = []
     interval: float = 0.0
+    device: str = ""
     samples: list[Sample] = []
     events: list[Event] = []
 
@@ -280,6 +287,8 @@ def decode_batch(payload: bytes, expect: TopicParts | None, limits: Limits) -> B
     if batch.v != SCHEMA_VERSION:
         raise DecodeFailure("version", f"schema version {batch.v}, expected {SCHEMA_VERSION}")
     _check_identity("batch", batch.site, batch.host, expect)
+    if batch.device and not is_slug(batch.device):
+        raise DecodeFailure("identity", "device is not a slug")
     if not batch.agent_id or len(batch.agent_id) > 64:
         raise DecodeFailure("schema", "agent_id must be 1 to 64 characters")
     _check_text(batch.boot_id, 64, "boot_id")

@@ -10,12 +10,16 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.sources.base import Collected, Source, SourceError
+from agent.sources.probes import ProbesSource
+from agent.sources.snmp import SnmpSource
 from agent.sources.system import SystemSource
 
 __all__ = ["REGISTRY", "Collected", "Source", "SourceError", "build_sources"]
 
 REGISTRY: dict[str, Callable[[Any], Source]] = {
     "system": SystemSource,
+    "probes": ProbesSource,
+    "snmp": SnmpSource,
 }
 
 

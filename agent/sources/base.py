@@ -13,16 +13,28 @@ import msgspec
 
 from outpost.wire import Event, Sample
 
-__all__ = ["Collected", "Source", "SourceError"]
+__all__ = ["Collected", "DeviceData", "Source", "SourceError"]
 
 
 class SourceError(Exception):
     """A source could not read what it measures; the message names what and why."""
 
 
+class DeviceData(msgspec.Struct):
+    """What a source read from one device it polls on the device's behalf (SNMP gear).
+
+    ``up`` says whether the device answered; it becomes the device's ``outpost_host_up``.
+    """
+
+    up: bool
+    samples: list[Sample] = msgspec.field(default_factory=list)
+    events: list[Event] = msgspec.field(default_factory=list)
+
+
 class Collected(msgspec.Struct):
     samples: list[Sample] = msgspec.field(default_factory=list)
     events: list[Event] = msgspec.field(default_factory=list)
+    devices: dict[str, DeviceData] = msgspec.field(default_factory=dict)
 
 
 class Source(Protocol):
