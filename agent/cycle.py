@@ -47,7 +47,7 @@ def collect(sources: list[Source], now: float) -> CycleResult:
     started = time.perf_counter()
     samples: list[Sample] = []
     events: list[Event] = []
-    devices: dict[str, DeviceData]
+    devices: dict[str, DeviceData] = {}
     for source in sources:
         t0 = time.perf_counter()
         ok = 1.0
