@@ -42,6 +42,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     host: Slug
     interval_seconds: Annotated[float, msgspec.Meta(ge=0.1, le=86400)] = 15.0
     state_dir: str = "/var/lib/outpost-agent"
+    outage_report_min_seconds: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
     outbox: OutboxConfig = msgspec.field(default_factory=OutboxConfig)
     sources: SourcesConfig = msgspec.field(default_factory=SourcesConfig)

@@ -91,6 +91,13 @@ class Outbox:
             (key, value),
         )
 
+    def read_meta(self, key: str) -> str | None:
+        return self._meta(key)
+
+    def write_meta(self, key: str, value: str) -> None:
+        with self._tx():
+            self._set_meta(key, value)
+
     # --- writing ----------------------------------------------------------------------------
 
     @property

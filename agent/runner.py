@@ -9,6 +9,7 @@ reconnect the newest data goes out first, then the backlog in seq order.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from agent.config import AgentConfig
 from agent.cycle import Identity, collect, encode_batches, self_samples, with_delivery_state
+from agent.outage import OutageTracker
 from agent.outbox import Outbox
 from agent.publisher import Publisher, SessionEvent
 from agent.sources import Source, build_sources
@@ -29,7 +31,10 @@ log = logging.getLogger(__name__)
 
 
 def read_boot_id() -> str:
-    """The kernel's id for this boot (Linux), or the boot time elsewhere."""
+    """The kernel's id for this boot (Linux), or the boot time elsewhere. ``OUTPOST_BOOT_ID``
+    overrides it (containers that share the host's boot id, and tests of power cuts)."""
+    if os.environ.get("OUTPOST_BOOT_ID"):
+        return os.environ["OUTPOST_BOOT_ID"][:64]
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:64]
     except OSError:
@@ -69,6 +74,12 @@ class Agent:
             self.who.agent_id,
             self.outbox.stats().rows,
         )
+        self.outages = OutageTracker(
+            OutageTracker.restore((self.outbox.read_meta("outage") or "").encode()),
+            cfg.outage_report_min_seconds,
+        )
+        self.outages.start(time.time(), self.who.boot_id, cfg.interval_seconds)
+        self._save_outage_state()
         self._restart_delivery()
         self.publisher.start()
         next_cycle = time.monotonic()
@@ -92,6 +103,8 @@ class Agent:
                     except queue.Empty:
                         break
         finally:
+            self.outages.stopped()
+            self._save_outage_state()
             said = self.publisher.stop()
             log.info("agent stopped (shutdown status %s)", "sent" if said else "not sent")
             self.outbox.close()
@@ -99,6 +112,8 @@ class Agent:
     def cycle(self, now: float) -> None:
         """Collect once and store the messages in the outbox."""
         result = collect(self.sources, now)
+        self.outages.cycle(now, result.samples)
+        self._save_outage_state()
         ts_ms = int(now * 1000)
         samples = result.samples + self_samples(
             self.outbox.stats(), self.publish_failures, result.duration
@@ -110,6 +125,19 @@ class Agent:
                 up = Sample(DEVICE_UP, 1.0 if data.up else 0.0)
                 self._store(wire.METRICS, [*data.samples, up], ts_ms, now, device)
                 self._store(wire.EVENTS, data.events, ts_ms, now, device)
+        except sqlite3.Error as exc:
+            self.write_failures += 1
+            log.error("cannot write to the outbox in %s: %s", self.config.state_dir, exc)
+
+    def _save_outage_state(self) -> None:
+        try:
+            self.outbox.write_meta("outage", self.outages.snapshot().decode())
+        except sqlite3.Error as exc:
+            log.error("cannot save the outage state in %s: %s", self.config.state_dir, exc)
+
+    def _store_safely(self, kind: str, items: list[Event], ts_ms: int, now: float) -> None:
+        try:
+            self._store(kind, items, ts_ms, now)
         except sqlite3.Error as exc:
             self.write_failures += 1
             log.error("cannot write to the outbox in %s: %s", self.config.state_dir, exc)
@@ -138,12 +166,20 @@ class Agent:
 
     def _handle(self, event: SessionEvent) -> None:
         if event.kind == "connected":
+            now = time.time()
+            report = self.outages.connected_at(now)
+            self._save_outage_state()
+            if report is not None:
+                log.warning("link back after an outage: %s", report.message)
+                self._store_safely(wire.EVENTS, [report], int(now * 1000), now)
             # Whatever was in flight may be lost with the old session: the newest row goes
             # first, then the backlog in order.
             self._restart_delivery()
             self._ready = True
         elif event.kind == "disconnected":
             self._ready = False
+            self.outages.disconnected(time.time())
+            self._save_outage_state()
         elif event.kind == "ack":
             self._on_ack(event.payload)
 

@@ -8,6 +8,7 @@ objects. Names and meanings are catalogued in docs/metrics.md (and collector/cat
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,8 +16,10 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from collector.catalogue import CATALOGUE, COLLECTOR_FAMILIES
+from collector.coverage import STATES as COVERAGE_STATES
+from collector.coverage import site_coverage
 from collector.ingest import Ingest
-from collector.state import HostView
+from collector.state import OUTAGE_KINDS, HostView, SiteOutages
 from outpost import __version__
 
 __all__ = ["FleetCollector"]
@@ -61,6 +64,10 @@ class FleetCollector(Collector):
                     for aid, t in state.tracks.items()
                 },
                 "sites": state.sites(),
+                "outages": {
+                    site: SiteOutages(Counter(o.count), dict(o.seconds))
+                    for site, o in state.outages.items()
+                },
                 "hosts": copied,
             }
         return views, meta
@@ -100,6 +107,30 @@ class FleetCollector(Collector):
                 add("outpost_agent_duplicate_messages_total", hl, float(duplicates))
             for (kind, severity), count in sorted(events.items()):
                 add("outpost_host_events_total", {**hl, "kind": kind, "severity": severity}, count)
+
+        for cov in site_coverage(
+            ((view, samples) for view, samples, _e, _l in hosts),
+            (site.id for site in meta["sites"]),
+        ):
+            sl = {"site": cov.site}
+            add(
+                "outpost_site_reachable", sl, 1.0 if cov.state in ("reachable", "degraded") else 0.0
+            )
+            for st in COVERAGE_STATES:
+                add("outpost_site_coverage", {**sl, "state": st}, 1.0 if st == cov.state else 0.0)
+            add("outpost_site_hosts", sl, float(cov.hosts))
+            add("outpost_site_hosts_up", sl, float(cov.hosts_up))
+            add("outpost_site_uplink_probes", sl, float(cov.uplink_probes))
+            add("outpost_site_uplink_probes_ok", sl, float(cov.uplink_probes_ok))
+            if cov.uplink_latency is not None:
+                add("outpost_site_uplink_latency_seconds", sl, cov.uplink_latency)
+            if cov.uplink_loss is not None:
+                add("outpost_site_uplink_loss_ratio", sl, cov.uplink_loss)
+        for site_id, per_site in sorted(meta["outages"].items()):
+            for kind in OUTAGE_KINDS:
+                ol = {"site": site_id, "kind": kind}
+                add("outpost_site_outages_total", ol, float(per_site.count.get(kind, 0)))
+                add("outpost_site_outage_seconds_total", ol, per_site.seconds.get(kind, 0.0))
 
         for site in meta["sites"]:
             add(

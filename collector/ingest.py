@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable
 
 import msgspec
 
+from collector.outages import Outage
 from collector.state import FleetState
 from outpost import wire
 
@@ -49,6 +51,9 @@ class Ingest:
         self._dirty: dict[str, tuple[str, str]] = {}
         self._logged: dict[str, float] = {}
         self._suppressed: Counter[str] = Counter()
+        # Called (under the lock, on the MQTT thread) with each classified outage: the
+        # hand-off to alerting. A listener must be quick and must not raise.
+        self.outage_listeners: list[Callable[[Outage], None]] = []
 
     def handle(self, topic: str, payload: bytes, now: float) -> str:
         """Apply one message; returns ``accepted``, ``duplicate`` or ``invalid``."""
@@ -80,6 +85,13 @@ class Ingest:
             raise wire.DecodeFailure("schema", f"{parts.kind} message carries the other kind")
         applied = self.state.apply_batch(batch, now)
         self._dirty[batch.agent_id] = (parts.site, parts.host)
+        for outage in applied.outages:
+            log.info(
+                "%s/%s: %s outage of %.0f s reported", outage.site, outage.host, outage.kind,
+                outage.duration,
+            )  # fmt: skip
+            for listener in self.outage_listeners:
+                listener(outage)
         if applied.lost:
             log.warning(
                 "%s/%s: %d messages lost (never applied, no longer held by the agent)",

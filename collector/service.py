@@ -142,6 +142,12 @@ class CollectorService:
 
     # --- HTTP views -------------------------------------------------------------------------
 
+    def outages_json(self) -> list[dict[str, Any]]:
+        """The most recent outages agents reported, newest first, classified."""
+        with self.ingest.lock:
+            recent = list(self.state.recent_outages)
+        return [o._asdict() for o in reversed(recent)]
+
     def stats_json(self) -> dict[str, Any]:
         """The collector's own counters: cheap, for scripts and benchmarks."""
         with self.ingest.lock:
@@ -215,6 +221,8 @@ def _handler(service: CollectorService) -> type[BaseHTTPRequestHandler]:
                     )
                 elif path == "/api/v1/hosts":
                     self._json(200, {"hosts": service.hosts_json()})
+                elif path == "/api/v1/outages":
+                    self._json(200, {"outages": service.outages_json()})
                 elif path == "/api/v1/collector":
                     self._json(200, service.stats_json())
                 else:

@@ -6,16 +6,27 @@ or logs. The ingest layer holds the lock and calls in; the exporter reads a snap
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from typing import NamedTuple
 
 import msgspec
 
 from collector.inventory import Inventory, Site
+from collector.outages import KINDS as OUTAGE_KINDS
+from collector.outages import Outage, from_event
 from collector.seqtrack import SeqTrack
 from outpost import wire
 
-__all__ = ["MIN_STALE_SECONDS", "Applied", "FleetState", "HostState", "HostView"]
+__all__ = [
+    "DEVICE_UP",
+    "MIN_STALE_SECONDS",
+    "OUTAGE_KINDS",
+    "Applied",
+    "FleetState",
+    "HostState",
+    "HostView",
+    "SiteOutages",
+]
 
 MIN_STALE_SECONDS = 5.0
 DEVICE_UP = wire.DEVICE_UP
@@ -54,6 +65,14 @@ class Applied(NamedTuple):
     new: bool
     dropped: int = 0
     lost: int = 0
+    outages: tuple[Outage, ...] = ()
+
+
+class SiteOutages(msgspec.Struct):
+    """Outages per kind for one site: how many and how long, since the collector started."""
+
+    count: Counter[str] = msgspec.field(default_factory=Counter)
+    seconds: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 class FleetState:
@@ -65,6 +84,8 @@ class FleetState:
         self.tracks: dict[str, SeqTrack] = {}
         self.lost_total = 0
         self.dropped_total = 0
+        self.outages: dict[str, SiteOutages] = {}
+        self.recent_outages: deque[Outage] = deque(maxlen=1000)
 
     def sites(self) -> list[Site]:
         return list(self.inventory.sites)
@@ -117,9 +138,19 @@ class FleetState:
         if batch.samples and batch.ts >= state.batch_ts:
             state.batch_ts = batch.ts
             state.samples = batch.samples
+        outages = []
         for event in batch.events:
             state.events[(event.kind, event.severity)] += 1
-        return Applied(True, dropped, lost)
+            if event.kind == "outage":
+                outage = from_event(batch.site, batch.device or batch.host, event)
+                per_site = self.outages.setdefault(batch.site, SiteOutages())
+                per_site.count[outage.kind] += 1
+                per_site.seconds[outage.kind] = (
+                    per_site.seconds.get(outage.kind, 0.0) + outage.duration
+                )
+                self.recent_outages.append(outage)
+                outages.append(outage)
+        return Applied(True, dropped, lost, tuple(outages))
 
     def settle_rejected(self, agent_id: str, seq: int) -> bool:
         """Mark a seq whose message was refused as settled, so the agent stops resending it."""

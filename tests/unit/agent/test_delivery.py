@@ -7,6 +7,7 @@ from pathlib import Path
 
 from agent.config import AgentConfig, OutboxConfig
 from agent.cycle import Identity
+from agent.outage import OutageTracker, TrackerState
 from agent.outbox import Outbox
 from agent.publisher import SessionEvent
 from agent.runner import Agent
@@ -31,6 +32,7 @@ def make_agent(tmp_path: Path, **outbox: object) -> tuple[Agent, FakePublisher]:
     agent = Agent(cfg, sources=[])
     agent.outbox = Outbox(tmp_path / "outbox.sqlite", cfg.outbox.max_bytes)
     agent.who = Identity("s1", "h1", agent.outbox.agent_id, "boot")
+    agent.outages = OutageTracker(TrackerState(), cfg.outage_report_min_seconds)
     pub = FakePublisher()
     agent.publisher = pub  # type: ignore[assignment]
     return agent, pub

@@ -1,0 +1,104 @@
+"""The agent's outage report: when the link went and came back, what answered meanwhile, and
+whether the host rebooted."""
+
+from __future__ import annotations
+
+from agent.outage import OutageTracker, TrackerState
+from outpost.wire import Sample
+
+
+def probe(role: str, ok: bool) -> Sample:
+    return Sample("outpost_probe_success", 1.0 if ok else 0.0, {"target": role, "kind": "tcp",
+                                                                "role": role})  # fmt: skip
+
+
+def running(now: float = 1000.0, boot: str = "b1", min_seconds: float = 30.0) -> OutageTracker:
+    t = OutageTracker(TrackerState(), min_seconds)
+    t.start(now, boot, 10.0)
+    t.connected_at(now)
+    return t
+
+
+def test_a_link_outage_reports_what_answered_meanwhile() -> None:
+    t = running()
+    t.cycle(1010.0, [])
+    t.disconnected(1015.0)
+    t.cycle(1020.0, [probe("gateway", True), probe("uplink", False)])
+    t.cycle(1030.0, [probe("gateway", True), probe("uplink", False)])
+    event = t.connected_at(1100.0)
+    assert event is not None and event.kind == "outage"
+    a = event.attrs
+    assert a["started_ms"] == "1015000" and a["ended_ms"] == "1100000"
+    assert float(a["duration_seconds"]) == 85.0
+    assert (a["gateway"], a["uplink"], a["rebooted"]) == ("answered", "silent", "false")
+    assert a["uplink_probes"] == "0/2"
+    assert t.connected_at(1200.0) is None  # reported once
+
+
+def test_a_short_blip_is_not_reported() -> None:
+    t = running()
+    t.disconnected(1010.0)
+    assert t.connected_at(1015.0) is None
+
+
+def test_probes_while_connected_do_not_count() -> None:
+    t = running()
+    t.cycle(1010.0, [probe("gateway", False)])
+    t.disconnected(1011.0)
+    event = t.connected_at(1100.0)
+    assert event is not None and event.attrs["gateway"] == "unprobed"
+
+
+def test_a_new_boot_id_after_silence_is_a_reboot_reported_from_the_last_cycle() -> None:
+    t = running()
+    t.cycle(1010.0, [])
+    saved = t.snapshot()  # what the outbox held when the power went
+    after = OutageTracker(OutageTracker.restore(saved), 30.0)
+    after.start(2000.0, "b2", 10.0)
+    event = after.connected_at(2005.0)
+    assert event is not None
+    assert event.attrs["rebooted"] == "true" and event.attrs["started_ms"] == "1010000"
+
+
+def test_the_agent_down_without_a_reboot() -> None:
+    t = running()
+    t.cycle(1010.0, [])
+    after = OutageTracker(OutageTracker.restore(t.snapshot()), 30.0)
+    after.start(1500.0, "b1", 10.0)
+    event = after.connected_at(1501.0)
+    assert event is not None
+    assert (event.attrs["agent_down"], event.attrs["rebooted"]) == ("true", "false")
+
+
+def test_a_quick_restart_is_not_an_outage() -> None:
+    t = running()
+    t.cycle(1010.0, [])
+    after = OutageTracker(OutageTracker.restore(t.snapshot()), 30.0)
+    after.start(1020.0, "b1", 10.0)
+    assert after.connected_at(1021.0) is None
+
+
+def test_a_planned_stop_is_not_an_outage_even_across_a_reboot() -> None:
+    t = running()
+    t.cycle(1010.0, [])
+    t.stopped()
+    after = OutageTracker(OutageTracker.restore(t.snapshot()), 30.0)
+    after.start(5000.0, "b2", 10.0)
+    assert after.connected_at(5001.0) is None
+
+
+def test_an_outage_spanning_a_restart_is_reported_once_from_its_start() -> None:
+    t = running()
+    t.disconnected(1010.0)
+    t.cycle(1020.0, [probe("gateway", False)])
+    after = OutageTracker(OutageTracker.restore(t.snapshot()), 30.0)
+    after.start(1025.0, "b1", 10.0)
+    after.cycle(1030.0, [probe("gateway", False)])
+    event = after.connected_at(1200.0)
+    assert event is not None
+    assert event.attrs["started_ms"] == "1010000" and event.attrs["gateway_probes"] == "0/2"
+
+
+def test_garbage_in_the_saved_state_starts_afresh() -> None:
+    assert OutageTracker.restore(b"{not json") == TrackerState()
+    assert OutageTracker.restore(None) == TrackerState()
