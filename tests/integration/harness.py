@@ -141,14 +141,14 @@ class Procs:
         self.root = root
         self.all: list[Proc] = []
 
-    def start(self, name: str, argv: list[str]) -> Proc:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
         log = self.root / f"{name}-{len(self.all)}.log"
-        proc = Proc(name, argv, log).start()
+        proc = Proc(name, argv, log, {**os.environ, **env} if env else None).start()
         self.all.append(proc)
         return proc
 
-    def outpost(self, name: str, *args: str) -> Proc:
-        return self.start(name, [sys.executable, "-m", "outpost", *args])
+    def outpost(self, name: str, *args: str, env: dict[str, str] | None = None) -> Proc:
+        return self.start(name, [sys.executable, "-m", "outpost", *args], env)
 
     def stop_all(self) -> None:
         for proc in reversed(self.all):
@@ -212,12 +212,13 @@ class Agent:
         self.state = root / f"agent-{site}-{host}"
         self.interval = interval
         self.extra = extra
+        self.env: dict[str, str] | None = None
         self.proc: Proc | None = None
 
     def start(self) -> Agent:
         self.proc = self.procs.outpost(
             "agent", "agent", "run", "--broker", self.broker.url, "--site", self.site,
             "--host", self.host, "--state-dir", str(self.state),
-            "--interval", str(self.interval), "-v", *self.extra,
+            "--interval", str(self.interval), "-v", *self.extra, env=self.env,
         )  # fmt: skip
         return self
