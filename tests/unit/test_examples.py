@@ -3,17 +3,19 @@ so they cannot drift from the code."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import msgspec.inspect as mi
 import pytest
+import yaml
 
 from agent.config import AgentConfig
 from collector.config import CollectorConfig
 from collector.inventory import Inventory
-from outpost.config import load, load_yaml
+from outpost.config import load, load_yaml, set_path, validate
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 
@@ -22,6 +24,30 @@ EXAMPLES: dict[str, type[msgspec.Struct]] = {
     "collector.yaml": CollectorConfig,
     "sites.yaml": Inventory,
 }
+
+
+# Lists that are empty by default, shown as a commented-out block right after their live
+# ``key: []`` line: uncommented, the block must validate and counts for "sets every key".
+COMMENTED_EXAMPLES: dict[str, list[str]] = {
+    "agent.yaml": ["sources.probes.targets", "sources.snmp.devices"]
+}
+
+
+def _with_commented_examples(name: str) -> dict[str, Any]:
+    """The example's data with each commented-out block in place of its empty default."""
+    data = load_yaml(CONFIG_DIR / name)
+    lines = (CONFIG_DIR / name).read_text(encoding="utf-8").splitlines()
+    for path in COMMENTED_EXAMPLES.get(name, []):
+        key = path.rsplit(".", 1)[-1]
+        start = next(i for i, line in enumerate(lines) if re.fullmatch(rf" *# {key}:", line))
+        prefix = lines[start][: lines[start].index("#") + 1]
+        block = []
+        for line in lines[start:]:
+            if not line.startswith(prefix):
+                break
+            block.append(line[len(prefix) + 1 :])
+        set_path(data, path, yaml.safe_load("\n".join(block))[key])
+    return data
 
 
 def _type_paths(t: mi.Type, prefix: str = "") -> set[str]:
@@ -70,8 +96,18 @@ def test_example_validates(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_example_sets_every_key(name: str) -> None:
     wanted = _type_paths(mi.type_info(EXAMPLES[name]))
-    present = _data_paths(load_yaml(CONFIG_DIR / name))
+    present = _data_paths(_with_commented_examples(name))
     assert not wanted - present, f"config/{name} lacks {sorted(wanted - present)}"
+
+
+@pytest.mark.parametrize("name", sorted(COMMENTED_EXAMPLES))
+def test_commented_examples_validate(name: str) -> None:
+    loaded = validate(_with_commented_examples(name), EXAMPLES[name], name)
+    for path in COMMENTED_EXAMPLES[name]:
+        value: Any = loaded
+        for key in path.split("."):
+            value = getattr(value, key)
+        assert value, f"config/{name}: the commented example of {path} is empty"
 
 
 def test_agent_example_shows_the_defaults() -> None:
