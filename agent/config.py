@@ -47,3 +47,11 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     outbox: OutboxConfig = msgspec.field(default_factory=OutboxConfig)
     sources: SourcesConfig = msgspec.field(default_factory=SourcesConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        for device in self.sources.snmp.devices:
+            if device.name == self.host:
+                raise ValueError(
+                    f"SNMP device {device.name!r} has the agent's own host name: devices are "
+                    "reported as hosts of the site, so give it a name of its own"
+                )

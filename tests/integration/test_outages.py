@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import Agent, Collector, Mosquitto, Procs, wait_for
+from harness import Agent, Collector, Mosquitto, Procs, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -66,3 +66,33 @@ def test_a_broker_outage_is_reported_when_the_link_returns(procs: Procs, broker:
     got = wait_for("the outage report", lambda: outages(collector), 30)
     assert got[0]["host"] == "srv2" and got[0]["duration"] >= 2.5
     assert got[0]["kind"] == "unknown"  # no gateway or uplink probes configured to tell
+
+
+def test_uplink_outage_and_site_coverage_from_probes(procs: Procs, broker: Mosquitto,
+                                                     collector: Collector,
+                                                     tmp_path: Path) -> None:  # fmt: skip
+    closed = free_port()  # nothing listens here: the "uplink" never answers
+    gw = collector.port  # something that does listen
+    conf = tmp_path / "agent.yaml"
+    conf.write_text(
+        "site: site-u\nhost: srv1\noutage_report_min_seconds: 1\n"
+        "sources:\n  probes:\n    timeout_seconds: 0.5\n    targets:\n"
+        f"      - {{name: gw, kind: tcp, role: gateway, address: 127.0.0.1, port: {gw}}}\n"
+        f"      - {{name: county, kind: tcp, role: uplink, address: 127.0.0.1, port: {closed}}}\n"
+    )
+    Agent(procs, broker, tmp_path, "site-u", "srv1", 0.3, "--config", str(conf)).start()
+    wait_for(
+        "coverage degraded by the failing uplink",
+        lambda: collector.value("outpost_site_coverage", site="site-u", state="degraded") == 1.0,
+        20,
+    )
+    assert collector.value("outpost_site_uplink_probes", site="site-u") == 1.0
+    assert collector.value("outpost_site_uplink_probes_ok", site="site-u") == 0.0
+    labels = {"site": "site-u", "host": "srv1", "target": "gw", "kind": "tcp", "role": "gateway"}
+    assert collector.value("outpost_probe_success", **labels) == 1.0
+    broker.stop()
+    time.sleep(2)  # the outage; the agent goes on probing
+    broker.start()
+    got = wait_for("the outage report", lambda: outages(collector), 30)
+    assert got[0]["kind"] == "uplink", got
+    assert (got[0]["gateway"], got[0]["uplink"]) == ("answered", "silent")
