@@ -94,10 +94,6 @@ class Outbox:
     def read_meta(self, key: str) -> str | None:
         return self._meta(key)
 
-    def write_meta(self, key: str, value: str) -> None:
-        with self._tx():
-            self._set_meta(key, value)
-
     # --- writing ----------------------------------------------------------------------------
 
     @property
@@ -106,23 +102,35 @@ class Outbox:
         return self._next_seq
 
     def add(self, kind: str, payload: bytes, now: float) -> int:
-        """Store one encoded message under the next seq, then enforce the bound.
+        """Store one encoded message under the next seq (see ``add_many``)."""
+        return self.add_many([(kind, payload)], now)
 
-        The caller encodes with the seq it read from ``next_seq`` just before; the counter
-        and the row commit together.
+    def add_many(
+        self, rows: list[tuple[str, bytes]], now: float, meta: dict[str, str] | None = None
+    ) -> int:
+        """Store (kind, payload) rows under consecutive seqs from ``next_seq``, and ``meta``
+        entries, in one transaction (one fsync a cycle); then enforce the bound. Returns the
+        first seq.
+
+        The caller encoded each payload with the seq it will get: ``next_seq`` read just
+        before, plus the row's position. The counter and the rows commit together.
         """
-        seq = self._next_seq
+        first = self._next_seq
         with self._tx():
-            self._db.execute(
-                "INSERT INTO outbox (seq, kind, payload, size, created) VALUES (?, ?, ?, ?, ?)",
-                (seq, kind, payload, len(payload), now),
-            )
-            self._set_meta("next_seq", str(seq + 1))
-            self._rows += 1
-            self._bytes += len(payload)
-            self._enforce_bound(keep=seq)
-        self._next_seq = seq + 1
-        return seq
+            for i, (kind, payload) in enumerate(rows):
+                self._db.execute(
+                    "INSERT INTO outbox (seq, kind, payload, size, created) VALUES (?, ?, ?, ?, ?)",
+                    (first + i, kind, payload, len(payload), now),
+                )
+                self._rows += 1
+                self._bytes += len(payload)
+            for key, value in (meta or {}).items():
+                self._set_meta(key, value)
+            if rows:
+                self._set_meta("next_seq", str(first + len(rows)))
+                self._enforce_bound(keep=first + len(rows) - 1)
+        self._next_seq = first + len(rows)
+        return first
 
     def _enforce_bound(self, keep: int) -> None:
         dropped: list[tuple[int, int]] = []

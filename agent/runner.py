@@ -79,7 +79,7 @@ class Agent:
             cfg.outage_report_min_seconds,
         )
         self.outages.start(time.time(), self.who.boot_id, cfg.interval_seconds)
-        self._save_outage_state()
+        self._write([], time.time())
         self._restart_delivery()
         self.publisher.start()
         next_cycle = time.monotonic()
@@ -104,56 +104,50 @@ class Agent:
                         break
         finally:
             self.outages.stopped()
-            self._save_outage_state()
+            self._write([], time.time())
             said = self.publisher.stop()
             log.info("agent stopped (shutdown status %s)", "sent" if said else "not sent")
             self.outbox.close()
 
     def cycle(self, now: float) -> None:
-        """Collect once and store the messages in the outbox."""
+        """Collect once and store the messages, with the outage state, in one transaction."""
         result = collect(self.sources, now)
         self.outages.cycle(now, result.samples)
-        self._save_outage_state()
         ts_ms = int(now * 1000)
         samples = result.samples + self_samples(
             self.outbox.stats(), self.publish_failures, result.duration
         )
-        try:
-            self._store(wire.METRICS, samples, ts_ms, now)
-            self._store(wire.EVENTS, result.events, ts_ms, now)
-            for device, data in sorted(result.devices.items()):
-                up = Sample(DEVICE_UP, 1.0 if data.up else 0.0)
-                self._store(wire.METRICS, [*data.samples, up], ts_ms, now, device)
-                self._store(wire.EVENTS, data.events, ts_ms, now, device)
-        except sqlite3.Error as exc:
-            self.write_failures += 1
-            log.error("cannot write to the outbox in %s: %s", self.config.state_dir, exc)
+        rows = self._encode([], wire.METRICS, samples, ts_ms)
+        self._encode(rows, wire.EVENTS, result.events, ts_ms)
+        for device, data in sorted(result.devices.items()):
+            up = Sample(DEVICE_UP, 1.0 if data.up else 0.0)
+            self._encode(rows, wire.METRICS, [*data.samples, up], ts_ms, device)
+            self._encode(rows, wire.EVENTS, data.events, ts_ms, device)
+        self._write(rows, now)
 
-    def _save_outage_state(self) -> None:
-        try:
-            self.outbox.write_meta("outage", self.outages.snapshot().decode())
-        except sqlite3.Error as exc:
-            log.error("cannot save the outage state in %s: %s", self.config.state_dir, exc)
-
-    def _store_safely(self, kind: str, items: list[Event], ts_ms: int, now: float) -> None:
-        try:
-            self._store(kind, items, ts_ms, now)
-        except sqlite3.Error as exc:
-            self.write_failures += 1
-            log.error("cannot write to the outbox in %s: %s", self.config.state_dir, exc)
-
-    def _store(
+    def _encode(
         self,
+        rows: list[tuple[str, bytes]],
         kind: str,
         items: list[Sample] | list[Event],
         ts_ms: int,
-        now: float,
         device: str = "",
-    ) -> None:
+    ) -> list[tuple[str, bytes]]:
+        """Append ``items`` to ``rows`` as encoded batches numbered after the rows already
+        there."""
+        first = self.outbox.next_seq + len(rows)
         interval = self.config.interval_seconds
-        first = self.outbox.next_seq
         for data in encode_batches(self.who, first, ts_ms, interval, self.limits, items, device):
-            self.outbox.add(kind, data, now)
+            rows.append((kind, data))
+        return rows
+
+    def _write(self, rows: list[tuple[str, bytes]], now: float) -> None:
+        """Store rows and the outage state together; a failure is logged and counted."""
+        try:
+            self.outbox.add_many(rows, now, {"outage": self.outages.snapshot().decode()})
+        except sqlite3.Error as exc:
+            self.write_failures += 1
+            log.error("cannot write to the outbox in %s: %s", self.config.state_dir, exc)
 
     # --- delivery ---------------------------------------------------------------------------
 
@@ -168,10 +162,11 @@ class Agent:
         if event.kind == "connected":
             now = time.time()
             report = self.outages.connected_at(now)
-            self._save_outage_state()
             if report is not None:
                 log.warning("link back after an outage: %s", report.message)
-                self._store_safely(wire.EVENTS, [report], int(now * 1000), now)
+            # The report and the reset state commit together: neither lost nor sent twice.
+            rows = self._encode([], wire.EVENTS, [report] if report else [], int(now * 1000))
+            self._write(rows, now)
             # Whatever was in flight may be lost with the old session: the newest row goes
             # first, then the backlog in order.
             self._restart_delivery()
@@ -179,7 +174,7 @@ class Agent:
         elif event.kind == "disconnected":
             self._ready = False
             self.outages.disconnected(time.time())
-            self._save_outage_state()
+            self._write([], time.time())
         elif event.kind == "ack":
             self._on_ack(event.payload)
 

@@ -183,3 +183,17 @@ def test_the_state_directory_is_created(tmp_path: Path) -> None:
         assert path.exists()
     finally:
         box.close()
+
+
+def test_add_many_numbers_rows_consecutively_and_commits_meta_with_them(tmp_path: Path) -> None:
+    from agent.outbox import Outbox
+
+    box = Outbox(tmp_path / "o.sqlite", 1 << 20)
+    box.add("metrics", b"{}", 1.0)
+    first = box.add_many([("metrics", b'{"a":1}'), ("events", b'{"b":2}')], 2.0, {"k": "v"})
+    assert first == 2 and box.next_seq == 4
+    assert [r.seq for r in box.rows_after(0, None, 10)] == [1, 2, 3]
+    assert box.add_many([], 3.0, {"k": "w"}) == 4 and box.next_seq == 4
+    box.close()
+    again = Outbox(tmp_path / "o.sqlite", 1 << 20)
+    assert again.read_meta("k") == "w" and again.next_seq == 4
