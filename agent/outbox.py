@@ -116,19 +116,26 @@ class Outbox:
         before, plus the row's position. The counter and the rows commit together.
         """
         first = self._next_seq
-        with self._tx():
-            for i, (kind, payload) in enumerate(rows):
-                self._db.execute(
-                    "INSERT INTO outbox (seq, kind, payload, size, created) VALUES (?, ?, ?, ?, ?)",
-                    (first + i, kind, payload, len(payload), now),
-                )
-                self._rows += 1
-                self._bytes += len(payload)
-            for key, value in (meta or {}).items():
-                self._set_meta(key, value)
-            if rows:
-                self._set_meta("next_seq", str(first + len(rows)))
-                self._enforce_bound(keep=first + len(rows) - 1)
+        before = (self._rows, self._bytes, self._dropped_total, self._dropped_events_total)
+        try:
+            with self._tx():
+                for i, (kind, payload) in enumerate(rows):
+                    self._db.execute(
+                        "INSERT INTO outbox (seq, kind, payload, size, created) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (first + i, kind, payload, len(payload), now),
+                    )
+                    self._rows += 1
+                    self._bytes += len(payload)
+                for key, value in (meta or {}).items():
+                    self._set_meta(key, value)
+                if rows:
+                    self._set_meta("next_seq", str(first + len(rows)))
+                    self._enforce_bound(keep=first + len(rows) - 1)
+        except BaseException:
+            # Rolled back (a full disk, say): the counters follow the database.
+            self._rows, self._bytes, self._dropped_total, self._dropped_events_total = before
+            raise
         self._next_seq = first + len(rows)
         return first
 

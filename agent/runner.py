@@ -8,6 +8,7 @@ reconnect the newest data goes out first, then the backlog in seq order.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -22,12 +23,17 @@ from agent.outage import OutageTracker
 from agent.outbox import Outbox
 from agent.publisher import Publisher, SessionEvent
 from agent.sources import Source, build_sources
+from agent.sources.base import Stateful
 from outpost import wire
 from outpost.wire import DEVICE_UP, Event, Sample
 
 __all__ = ["Agent", "read_boot_id"]
 
 log = logging.getLogger(__name__)
+
+
+def _meta_key(source: str) -> str:
+    return f"source.{source}"
 
 
 def read_boot_id() -> str:
@@ -56,6 +62,8 @@ class Agent:
         self._current_cursor = 0
         self._backlog_cursor = 0
         self._ready = False
+        # The stored state of each stateful source, as last committed (JSON text).
+        self._committed: dict[str, str] = {}
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -79,6 +87,7 @@ class Agent:
             cfg.outage_report_min_seconds,
         )
         self.outages.start(time.time(), self.who.boot_id, cfg.interval_seconds)
+        self._restore_sources()
         self._write([], time.time())
         self._restart_delivery()
         self.publisher.start()
@@ -142,12 +151,46 @@ class Agent:
         return rows
 
     def _write(self, rows: list[tuple[str, bytes]], now: float) -> None:
-        """Store rows and the outage state together; a failure is logged and counted."""
+        """Store rows, the outage state and the sources' positions together. A failure is
+        logged and counted, and the sources go back to their last stored position, so what
+        they read is read again next cycle."""
+        meta = {"outage": self.outages.snapshot().decode()}
+        changed = self._source_states()
+        meta.update({_meta_key(name): text for name, text in changed.items()})
         try:
-            self.outbox.add_many(rows, now, {"outage": self.outages.snapshot().decode()})
+            self.outbox.add_many(rows, now, meta)
         except sqlite3.Error as exc:
             self.write_failures += 1
             log.error("cannot write to the outbox in %s: %s", self.config.state_dir, exc)
+            for source in self.sources:
+                if isinstance(source, Stateful) and source.name in changed:
+                    source.restore(json.loads(self._committed.get(source.name) or "{}"))
+            return
+        self._committed.update(changed)
+
+    def _source_states(self) -> dict[str, str]:
+        """The states of stateful sources that changed since they were last stored."""
+        out = {}
+        for source in self.sources:
+            if isinstance(source, Stateful):
+                text = json.dumps(source.state(), separators=(",", ":"), sort_keys=True)
+                if text != self._committed.get(source.name):
+                    out[source.name] = text
+        return out
+
+    def _restore_sources(self) -> None:
+        for source in self.sources:
+            if not isinstance(source, Stateful):
+                continue
+            text = self.outbox.read_meta(_meta_key(source.name)) or ""
+            try:
+                data = json.loads(text) if text else {}
+            except ValueError:
+                log.warning("stored state of source %s is damaged; starting afresh", source.name)
+                data = {}
+            source.restore(data if isinstance(data, dict) else {})
+            if text:
+                self._committed[source.name] = text
 
     # --- delivery ---------------------------------------------------------------------------
 

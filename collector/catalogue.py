@@ -17,6 +17,7 @@ COLLECTOR_FAMILIES: dict[str, str] = {
     "outpost_host_last_seen_timestamp_seconds": "gauge",
     "outpost_host_info": "gauge",
     "outpost_host_events_total": "counter",
+    "outpost_security_events_total": "counter",
     "outpost_agent_last_seq": "gauge",
     "outpost_agent_lost_messages_total": "counter",
     "outpost_agent_dropped_messages_total": "counter",
@@ -52,6 +53,8 @@ _COLLECTOR_HELP = {
     "outpost_host_last_seen_timestamp_seconds": "When the collector last heard from the host.",
     "outpost_host_info": "The host's agent id and boot id, as labels.",
     "outpost_host_events_total": "Events received from the host, by kind and severity.",
+    "outpost_security_events_total": "Security events received from the host, by kind and "
+    "severity.",
     "outpost_agent_last_seq": "The highest message seq settled for the host's agent.",
     "outpost_agent_lost_messages_total": "Messages of the host's agent that were never applied "
     "and that it no longer holds (should stay 0).",

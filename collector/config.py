@@ -11,7 +11,7 @@ import msgspec
 
 from outpost.connection import BrokerConfig
 
-__all__ = ["CollectorConfig", "LimitsConfig", "LogConfig"]
+__all__ = ["CollectorConfig", "EventsConfig", "LimitsConfig", "LogConfig"]
 
 LISTEN_PATTERN = r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$"
 
@@ -27,6 +27,10 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     max_labels: Annotated[int, msgspec.Meta(ge=1, le=64)] = 16
 
 
+class EventsConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    keep_per_host: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 200
+
+
 class LogConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     level: Literal["debug", "info", "warning", "error"] = "warning"
     format: Literal["text", "json"] = "text"
@@ -40,4 +44,5 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=
     ack_interval_seconds: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.2
     broker: BrokerConfig = msgspec.field(default_factory=_collector_broker)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    events: EventsConfig = msgspec.field(default_factory=EventsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)

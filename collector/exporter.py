@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from collector.catalogue import CATALOGUE, COLLECTOR_FAMILIES
 from collector.coverage import STATES as COVERAGE_STATES
 from collector.coverage import site_coverage
+from collector.events import is_security
 from collector.ingest import Ingest
 from collector.state import OUTAGE_KINDS, HostView, SiteOutages
 from outpost import __version__
@@ -106,7 +107,10 @@ class FleetCollector(Collector):
                 add("outpost_agent_dropped_messages_total", hl, float(dropped))
                 add("outpost_agent_duplicate_messages_total", hl, float(duplicates))
             for (kind, severity), count in sorted(events.items()):
-                add("outpost_host_events_total", {**hl, "kind": kind, "severity": severity}, count)
+                el = {**hl, "kind": kind, "severity": severity}
+                add("outpost_host_events_total", el, count)
+                if is_security(kind):
+                    add("outpost_security_events_total", el, count)
 
         for cov in site_coverage(
             ((view, samples) for view, samples, _e, _l in hosts),

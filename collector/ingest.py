@@ -12,16 +12,20 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable
+from typing import NamedTuple, TypeVar
 
 import msgspec
 
+from collector.events import HostEvent
 from collector.outages import Outage
 from collector.state import FleetState
 from outpost import wire
 
-__all__ = ["RESULTS", "Ingest"]
+__all__ = ["RESULTS", "Ingest", "Pending"]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 RESULTS = ("accepted", "duplicate", "invalid")
 _LOG_EVERY = 60.0
@@ -39,6 +43,17 @@ class _Envelope(msgspec.Struct):
 
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 
+AckOwed = tuple[str, str, wire.Ack, bytes]
+
+
+class Pending(NamedTuple):
+    """What must be stored, in one transaction, before the acks are published: the seq
+    tracks (inside each ack entry), the new events and the event counters that changed."""
+
+    acks: list[AckOwed]
+    events: list[HostEvent]
+    counts: list[tuple[str, str, str, str, int]]  # site, host, kind, severity, count
+
 
 class Ingest:
     def __init__(self, state: FleetState, limits: wire.Limits, prefix: str = "outpost") -> None:
@@ -54,6 +69,12 @@ class Ingest:
         # Called (under the lock, on the MQTT thread) with each classified outage: the
         # hand-off to alerting. A listener must be quick and must not raise.
         self.outage_listeners: list[Callable[[Outage], None]] = []
+        # Called the same way with every event of a newly applied batch (never a duplicate):
+        # the stream the alert engine reads.
+        self.event_listeners: list[Callable[[HostEvent], None]] = []
+        self.listener_failures = 0
+        self._new_events: list[HostEvent] = []
+        self._counts_dirty: set[tuple[str, str]] = set()
 
     def handle(self, topic: str, payload: bytes, now: float) -> str:
         """Apply one message; returns ``accepted``, ``duplicate`` or ``invalid``."""
@@ -90,8 +111,12 @@ class Ingest:
                 "%s/%s: %s outage of %.0f s reported", outage.site, outage.host, outage.kind,
                 outage.duration,
             )  # fmt: skip
-            for listener in self.outage_listeners:
-                listener(outage)
+            self._tell(self.outage_listeners, outage)
+        if applied.events:
+            self._new_events.extend(applied.events)
+            self._counts_dirty.add((batch.site, batch.device or batch.host))
+            for event in applied.events:
+                self._tell(self.event_listeners, event)
         if applied.lost:
             log.warning(
                 "%s/%s: %d messages lost (never applied, no longer held by the agent)",
@@ -100,6 +125,15 @@ class Ingest:
                 applied.lost,
             )
         return self._count("accepted" if applied.new else "duplicate")
+
+    def _tell(self, listeners: list[Callable[[_T], None]], item: _T) -> None:
+        for listener in listeners:
+            try:
+                listener(item)
+            except Exception:
+                # A broken listener must not refuse the message: it is already applied.
+                self.listener_failures += 1
+                log.exception("a listener failed on %r", item)
 
     def _count(self, result: str) -> str:
         self.messages[result] += 1
@@ -145,27 +179,51 @@ class Ingest:
         with self.lock:
             self._dirty.setdefault(agent_id, (site, host))
 
-    def take_acks(self) -> list[tuple[str, str, wire.Ack, bytes]]:
-        """The acks owed since the last call, one per agent that sent anything, each with its
-        encoded seq track to persist before the ack is published."""
+    def take_acks(self) -> list[AckOwed]:
+        """The acks owed since the last call (see ``take_pending``; events are discarded)."""
+        return self.take_pending().acks
+
+    def take_pending(self) -> Pending:
+        """Everything owed since the last call, taken together under the lock: the acks (one
+        per agent that sent anything, each with its encoded seq track), the new events and
+        the changed event counters. Store all of it before publishing the acks: then an ack
+        never covers an event a restarted collector would not have."""
         with self.lock:
-            dirty, self._dirty = self._dirty, {}
-            out = []
-            for agent_id, (site, host) in dirty.items():
-                track = self.state.tracks.get(agent_id)
-                if track is None:
-                    continue
-                out.append(
-                    (
-                        site,
-                        host,
-                        wire.Ack(
-                            v=wire.SCHEMA_VERSION,
-                            agent_id=agent_id,
-                            upto=track.upto,
-                            ranges=list(track.above[: self.limits.max_ranges]),
-                        ),
-                        msgspec.json.encode(track),
-                    )
+            events, self._new_events = self._new_events, []
+            counts: list[tuple[str, str, str, str, int]] = []
+            for site, host in self._counts_dirty:
+                hs = self.state.hosts.get((site, host))
+                if hs is not None:
+                    counts.extend((site, host, k, sev, n) for (k, sev), n in hs.events.items())
+            self._counts_dirty = set()
+            return Pending(self._take_acks(), events, counts)
+
+    def give_back(self, pending: Pending) -> None:
+        """Pending work that could not be stored: take it again with the next call."""
+        with self.lock:
+            self._new_events[:0] = pending.events
+            self._counts_dirty.update((site, host) for site, host, *_ in pending.counts)
+            for site, host, ack, _data in pending.acks:
+                self._dirty.setdefault(ack.agent_id, (site, host))
+
+    def _take_acks(self) -> list[AckOwed]:
+        dirty, self._dirty = self._dirty, {}
+        out = []
+        for agent_id, (site, host) in dirty.items():
+            track = self.state.tracks.get(agent_id)
+            if track is None:
+                continue
+            out.append(
+                (
+                    site,
+                    host,
+                    wire.Ack(
+                        v=wire.SCHEMA_VERSION,
+                        agent_id=agent_id,
+                        upto=track.upto,
+                        ranges=list(track.above[: self.limits.max_ranges]),
+                    ),
+                    msgspec.json.encode(track),
                 )
-            return out
+            )
+        return out

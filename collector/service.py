@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -31,9 +34,80 @@ from collector.state import FleetState
 from collector.store import Store
 from outpost import wire
 
-__all__ = ["CollectorService", "parse_listen"]
+__all__ = ["CollectorService", "EventQuery", "QueryError", "parse_listen"]
 
 log = logging.getLogger(__name__)
+
+
+class QueryError(ValueError):
+    """A request parameter that cannot be understood; the message says what is expected."""
+
+
+MAX_EVENTS_PER_REQUEST = 10_000
+
+
+def _parse_since(text: str) -> int:
+    """Seconds since the epoch, or an ISO 8601 time (UTC when it names no zone); in ms."""
+    try:
+        return int(float(text) * 1000)
+    except ValueError:
+        pass
+    # An unencoded "+08:00" in a query string arrives as " 08:00".
+    text = re.sub(r" (\d\d:?\d\d)\Z", r"+\1", text.strip("\n")).replace("Z", "+00:00")
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise QueryError(
+            f"since={text[:40]!r}: give seconds since 1970 or an ISO 8601 time such as "
+            "2026-11-27T08:00:00+08:00"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def _iso(ms: int) -> str:
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+    except (ValueError, OverflowError, OSError):
+        return ""
+
+
+class EventQuery:
+    """The filters of ``GET /api/v1/events``: site, host, kind, severity, since, after_id,
+    limit (default 100)."""
+
+    ALLOWED = ("site", "host", "kind", "severity", "since", "after_id", "limit")
+
+    def __init__(self, query: str) -> None:
+        params = parse_qs(query, keep_blank_values=True)
+        unknown = sorted(set(params) - set(self.ALLOWED))
+        if unknown:
+            raise QueryError(
+                f"unknown parameter {unknown[0][:40]!r}; use {', '.join(self.ALLOWED)}"
+            )
+        one = {k: v[-1] for k, v in params.items()}
+        self.site = one.get("site") or None
+        self.host = one.get("host") or None
+        self.kind = one.get("kind") or None
+        self.severity = one.get("severity") or None
+        if self.severity not in (None, "info", "warning", "critical"):
+            raise QueryError("severity must be info, warning or critical")
+        self.since_ms = _parse_since(one["since"]) if one.get("since") else None
+        self.after_id = self._int(one, "after_id", None, 0)
+        self.limit = min(self._int(one, "limit", 100, 1) or 100, MAX_EVENTS_PER_REQUEST)
+
+    @staticmethod
+    def _int(one: dict[str, str], key: str, default: int | None, low: int) -> int | None:
+        if not one.get(key):
+            return default
+        try:
+            value = int(one[key])
+        except ValueError:
+            raise QueryError(f"{key} must be a whole number, got {one[key][:40]!r}") from None
+        if value < low:
+            raise QueryError(f"{key} must be at least {low}")
+        return value
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -50,13 +124,16 @@ class CollectorService:
             max_events=config.limits.max_events,
             max_labels=config.limits.max_labels,
         )
-        self.state = FleetState(config.stale_after_seconds, inventory)
+        keep = config.events.keep_per_host
+        self.state = FleetState(config.stale_after_seconds, inventory, keep_events=keep)
         self.ingest = Ingest(self.state, limits, config.broker.topic_prefix)
-        self.store = Store(Path(config.state_dir) / "collector.sqlite")
+        self.store = Store(Path(config.state_dir) / "collector.sqlite", keep)
         for agent_id, (_site, _host, track) in self.store.load_tracks().items():
             self.state.tracks[agent_id] = track
             self.state.lost_total += track.lost
             self.state.dropped_total += track.dropped
+        self.state.event_log.load(self.store.load_events())
+        self.state.restore_event_counts(self.store.load_event_counts())
         self.subscriber = Subscriber(config.broker, self._on_message)
         self.acks_published = 0
         self.ack_failures = 0
@@ -84,10 +161,17 @@ class CollectorService:
 
     def flush_acks(self) -> int:
         """Persist the seq tracks owed an ack, then publish the acks. Returns acks sent."""
-        owed = self.ingest.take_acks()
-        if not owed:
-            return 0
-        self.store.save_tracks([(a.agent_id, site, host, data) for site, host, a, data in owed])
+        pending = self.ingest.take_pending()
+        owed = pending.acks
+        try:
+            self.store.save(
+                [(a.agent_id, site, host, data) for site, host, a, data in owed],
+                pending.events,
+                pending.counts,
+            )
+        except Exception:
+            self.ingest.give_back(pending)
+            raise
         sent = 0
         prefix = self.config.broker.topic_prefix
         for site, host, ack, _data in owed:
@@ -147,6 +231,37 @@ class CollectorService:
         with self.ingest.lock:
             recent = list(self.state.recent_outages)
         return [o._asdict() for o in reversed(recent)]
+
+    def events_json(self, query: EventQuery) -> list[dict[str, Any]]:
+        """Recent events, newest first, filtered; see ``EventQuery``."""
+        with self.ingest.lock:
+            found = self.state.event_log.query(
+                site=query.site,
+                host=query.host,
+                kind=query.kind,
+                severity=query.severity,
+                since_ms=query.since_ms,
+                after_id=query.after_id,
+                limit=query.limit,
+            )
+        return [
+            {
+                "id": e.id,
+                "site": e.site,
+                "host": e.host,
+                "kind": e.kind,
+                "category": e.category,
+                "severity": e.severity,
+                "ts": e.ts / 1000,
+                "time": _iso(e.ts),
+                "received": e.received,
+                "message": e.message,
+                "attrs": e.attrs,
+                "agent_id": e.agent_id,
+                "seq": e.seq,
+            }
+            for e in found
+        ]
 
     def stats_json(self) -> dict[str, Any]:
         """The collector's own counters: cheap, for scripts and benchmarks."""
@@ -209,7 +324,7 @@ def _handler(service: CollectorService) -> type[BaseHTTPRequestHandler]:
             self._send(code, body, "application/json; charset=utf-8")
 
         def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
+            path, _, query = self.path.partition("?")
             try:
                 if path == "/metrics":
                     self._send(200, generate_latest(service.registry), CONTENT_TYPE_LATEST)
@@ -223,6 +338,13 @@ def _handler(service: CollectorService) -> type[BaseHTTPRequestHandler]:
                     self._json(200, {"hosts": service.hosts_json()})
                 elif path == "/api/v1/outages":
                     self._json(200, {"outages": service.outages_json()})
+                elif path == "/api/v1/events":
+                    try:
+                        found = service.events_json(EventQuery(query))
+                    except QueryError as exc:
+                        self._json(400, {"error": str(exc)})
+                        return
+                    self._json(200, {"events": found, "count": len(found)})
                 elif path == "/api/v1/collector":
                     self._json(200, service.stats_json())
                 else:

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from collector.events import OVERFLOW_KIND, EventLog, HostEvent
 from collector.inventory import Inventory, Site
 from collector.outages import KINDS as OUTAGE_KINDS
 from collector.outages import Outage, from_event
@@ -30,6 +31,8 @@ __all__ = [
 
 MIN_STALE_SECONDS = 5.0
 DEVICE_UP = wire.DEVICE_UP
+# Distinct (kind, severity) counters one host may have; more are counted under "other".
+MAX_EVENT_COUNTERS_PER_HOST = 64
 
 
 class HostState(msgspec.Struct):
@@ -66,6 +69,7 @@ class Applied(NamedTuple):
     dropped: int = 0
     lost: int = 0
     outages: tuple[Outage, ...] = ()
+    events: tuple[HostEvent, ...] = ()
 
 
 class SiteOutages(msgspec.Struct):
@@ -76,7 +80,9 @@ class SiteOutages(msgspec.Struct):
 
 
 class FleetState:
-    def __init__(self, stale_after: float, inventory: Inventory | None = None) -> None:
+    def __init__(
+        self, stale_after: float, inventory: Inventory | None = None, keep_events: int = 200
+    ) -> None:
         self.stale_after = stale_after
         self.inventory = inventory or Inventory()
         self.expected = self.inventory.expected_hosts()
@@ -86,6 +92,9 @@ class FleetState:
         self.dropped_total = 0
         self.outages: dict[str, SiteOutages] = {}
         self.recent_outages: deque[Outage] = deque(maxlen=1000)
+        self.event_log = EventLog(keep_events)
+        # Event counters stored by an earlier run, handed to each host when it reports again.
+        self.stored_counts: dict[tuple[str, str], Counter[tuple[str, str]]] = {}
 
     def sites(self) -> list[Site]:
         return list(self.inventory.sites)
@@ -95,7 +104,12 @@ class FleetState:
         state = self.hosts.get(key)
         if state is None:
             state = self.hosts[key] = HostState(site, host)
+            state.events.update(self.stored_counts.pop(key, {}))
         return state
+
+    def restore_event_counts(self, counts: list[tuple[str, str, str, str, int]]) -> None:
+        for site, host, kind, severity, n in counts:
+            self.stored_counts.setdefault((site, host), Counter())[(kind, severity)] = n
 
     def apply_status(self, status: wire.Status, site: str, host: str, now: float) -> None:
         state = self._host(site, host)
@@ -139,8 +153,24 @@ class FleetState:
             state.batch_ts = batch.ts
             state.samples = batch.samples
         outages = []
+        received = []
         for event in batch.events:
-            state.events[(event.kind, event.severity)] += 1
+            self.count_event(state, event.kind, event.severity)
+            host_event = HostEvent(
+                id=self.event_log.next_id(),
+                site=batch.site,
+                host=state.host,
+                kind=event.kind,
+                severity=event.severity,
+                ts=event.ts or batch.ts,
+                received=now,
+                agent_id=batch.agent_id,
+                seq=batch.seq,
+                message=event.message,
+                attrs=event.attrs,
+            )
+            self.event_log.add(host_event)
+            received.append(host_event)
             if event.kind == "outage":
                 outage = from_event(batch.site, batch.device or batch.host, event)
                 per_site = self.outages.setdefault(batch.site, SiteOutages())
@@ -150,7 +180,14 @@ class FleetState:
                 )
                 self.recent_outages.append(outage)
                 outages.append(outage)
-        return Applied(True, dropped, lost, tuple(outages))
+        return Applied(True, dropped, lost, tuple(outages), tuple(received))
+
+    @staticmethod
+    def count_event(state: HostState, kind: str, severity: str, n: int = 1) -> None:
+        key = (kind, severity)
+        if key not in state.events and len(state.events) >= MAX_EVENT_COUNTERS_PER_HOST:
+            key = (OVERFLOW_KIND, severity)
+        state.events[key] += n
 
     def settle_rejected(self, agent_id: str, seq: int) -> bool:
         """Mark a seq whose message was refused as settled, so the agent stops resending it."""

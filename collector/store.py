@@ -1,8 +1,11 @@
-"""The collector's durable state: seq bookkeeping per agent, in SQLite.
+"""The collector's durable state: seq bookkeeping per agent, recent events and event counters,
+in SQLite.
 
-A seq track is written before the ack that reflects it is published, so an ack never claims
-more than a restarted collector remembers: after a crash the agent resends, and the
-collector applies or drops as duplicate exactly what it had not settled.
+A seq track is written before the ack that reflects it is published, and in the same
+transaction as the events and counters of the batches it covers, so an ack never claims more
+than a restarted collector remembers: after a crash the agent resends, and the collector
+applies or drops as duplicate exactly what it had not settled. No event is stored twice or
+lost, and the counters go on from where they were.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import msgspec
 
+from collector.events import HostEvent
 from collector.seqtrack import SeqTrack
 
 __all__ = ["Store"]
@@ -23,17 +27,36 @@ CREATE TABLE IF NOT EXISTS tracks (
     host TEXT NOT NULL,
     data BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    site TEXT NOT NULL,
+    host TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_host ON events (site, host, id);
+CREATE TABLE IF NOT EXISTS event_counts (
+    site TEXT NOT NULL,
+    host TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (site, host, kind, severity)
+);
 """
+
+Count = tuple[str, str, str, str, int]
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keep_events_per_host: int = 200) -> None:
+        self.keep_events_per_host = keep_events_per_host
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._decoder = msgspec.json.Decoder(SeqTrack)
+        self._event_decoder = msgspec.json.Decoder(HostEvent)
 
     def load_tracks(self) -> dict[str, tuple[str, str, SeqTrack]]:
         out = {}
@@ -43,9 +66,38 @@ class Store:
             out[str(agent_id)] = (str(site), str(host), self._decoder.decode(data))
         return out
 
+    def load_events(self) -> list[HostEvent]:
+        """The stored events, at most ``keep_events_per_host`` per host, in id order."""
+        out = []
+        for (data,) in self._db.execute(
+            "SELECT data FROM (SELECT data, id, ROW_NUMBER() OVER "
+            "(PARTITION BY site, host ORDER BY id DESC) AS n FROM events) "
+            "WHERE n <= ? ORDER BY id",
+            (self.keep_events_per_host,),
+        ):
+            out.append(self._event_decoder.decode(data))
+        return out
+
+    def load_event_counts(self) -> list[Count]:
+        return [
+            (str(site), str(host), str(kind), str(sev), int(n))
+            for site, host, kind, sev, n in self._db.execute(
+                "SELECT site, host, kind, severity, count FROM event_counts"
+            )
+        ]
+
     def save_tracks(self, rows: list[tuple[str, str, str, bytes]]) -> None:
-        """(agent_id, site, host, encoded track) rows, in one transaction."""
-        if not rows:
+        self.save(rows, [], [])
+
+    def save(
+        self,
+        tracks: list[tuple[str, str, str, bytes]],
+        events: list[HostEvent],
+        counts: list[Count],
+    ) -> None:
+        """(agent_id, site, host, encoded track) rows, new events and event counters (their
+        current values), in one transaction. Older events beyond the per-host limit go."""
+        if not (tracks or events or counts):
             return
         self._db.execute("BEGIN IMMEDIATE")
         try:
@@ -53,8 +105,25 @@ class Store:
                 "INSERT INTO tracks (agent_id, site, host, data) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (agent_id) DO UPDATE SET site = excluded.site, "
                 "host = excluded.host, data = excluded.data",
-                rows,
+                tracks,
             )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO events (id, site, host, data) VALUES (?, ?, ?, ?)",
+                [(e.id, e.site, e.host, msgspec.json.encode(e)) for e in events],
+            )
+            self._db.executemany(
+                "INSERT INTO event_counts (site, host, kind, severity, count) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (site, host, kind, severity) "
+                "DO UPDATE SET count = excluded.count",
+                counts,
+            )
+            for site, host in {(e.site, e.host) for e in events}:
+                self._db.execute(
+                    "DELETE FROM events WHERE site = ? AND host = ? AND id <= "
+                    "(SELECT id FROM events WHERE site = ? AND host = ? "
+                    "ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    (site, host, site, host, self.keep_events_per_host),
+                )
         except BaseException:
             self._db.execute("ROLLBACK")
             raise

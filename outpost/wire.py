@@ -18,6 +18,7 @@ __all__ = [
     "ACK",
     "DEVICE_UP",
     "EVENTS",
+    "EVENT_KIND_RE",
     "METRICS",
     "SCHEMA_VERSION",
     "SLUG_RE",
@@ -56,6 +57,8 @@ KINDS = (STATUS, METRICS, EVENTS, ACK)
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")  # \Z: "$" also matches before a final "\n"
 METRIC_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*\Z")
+# Event kinds become a label value and an alerting rule's key: lower-case words, bounded.
+EVENT_KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")
 RESERVED_LABELS = frozenset({"site", "host"})
 
 
@@ -263,8 +266,10 @@ def _check_ranges(ranges: Iterable[tuple[int, int]], limits: Limits, what: str) 
 
 
 _MEMO_LIMIT = 100_000
+MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _GOOD_NAMES: set[str] = set()
 _GOOD_LABELS: set[str] = set()
+_GOOD_KINDS: set[str] = set()
 
 
 def _check_metric_name(name: str) -> None:
@@ -272,6 +277,15 @@ def _check_metric_name(name: str) -> None:
         raise DecodeFailure("name", f"metric name {name[:40]!r} is not valid")
     if len(_GOOD_NAMES) < _MEMO_LIMIT:
         _GOOD_NAMES.add(name)
+
+
+def _check_event_kind(kind: str) -> None:
+    if not EVENT_KIND_RE.match(kind):
+        raise DecodeFailure(
+            "name", f"event kind {kind[:40]!r} is not valid (lower-case letters, digits, _)"
+        )
+    if len(_GOOD_KINDS) < _MEMO_LIMIT:
+        _GOOD_KINDS.add(kind)
 
 
 def _check_label_name(key: str, where: str) -> None:
@@ -316,8 +330,10 @@ def decode_batch(payload: bytes, expect: TopicParts | None, limits: Limits) -> B
                 if key not in _GOOD_LABELS:
                     _check_label_name(key, sample.name)
     for event in batch.events:
-        if not event.kind or len(event.kind) > limits.max_name_len:
-            raise DecodeFailure("name", "event kind must be 1 to 128 characters")
+        if event.kind not in _GOOD_KINDS:
+            _check_event_kind(event.kind)
+        if not 0 <= event.ts <= MAX_TS_MS:
+            raise DecodeFailure("value", f"event {event.kind}: ts {event.ts} out of range")
         _check_text(event.message, limits.max_text_len, "event message")
         if len(event.attrs) > limits.max_labels * 2:
             raise DecodeFailure("limits", f"event {event.kind}: too many attrs")
