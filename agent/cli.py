@@ -130,8 +130,27 @@ def run(
         ),
     )
     setup_logging(cfg.log.level, cfg.log.format, verbose)
+    sources = _preflight(cfg)
     stop = stop_event()
-    Agent(cfg).run(stop)
+    Agent(cfg, sources).run(stop)
+
+
+def _preflight(cfg: Any) -> list[Any]:
+    """Build the sources and let each check what it needs before the first cycle (a secret
+    file, say); a problem is printed with what to do, exit 2."""
+    from agent.sources import build_sources
+
+    sources = build_sources(cfg.sources)
+    for source in sources:
+        preflight = getattr(source, "preflight", None)
+        if preflight is None:
+            continue
+        try:
+            preflight()
+        except (ValueError, OSError) as exc:
+            typer.echo(f"error: source {source.name}: {exc}", err=True)
+            raise typer.Exit(2) from None
+    return sources
 
 
 @app.command()
@@ -144,4 +163,5 @@ def check(
     from outpost.runtime import load_or_exit
 
     cfg = load_or_exit(config, AgentConfig, {})
+    _preflight(cfg)
     typer.echo(f"{config}: ok (site {cfg.site}, host {cfg.host}, broker {cfg.broker.url})")

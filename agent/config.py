@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from agent.sources.probes import ProbesConfig
+from agent.sources.security import SecurityConfig
 from agent.sources.snmp import SnmpConfig
 from agent.sources.system import SystemConfig
 from outpost.connection import BrokerConfig
@@ -30,6 +31,7 @@ class SourcesConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     system: SystemConfig = msgspec.field(default_factory=SystemConfig)
     probes: ProbesConfig = msgspec.field(default_factory=ProbesConfig)
     snmp: SnmpConfig = msgspec.field(default_factory=SnmpConfig)
+    security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
 
 
 class LogConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

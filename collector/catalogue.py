@@ -143,6 +143,8 @@ AGENT_SAMPLES: dict[str, str] = {
     "outpost_probe_dns_answers": "Answers of the asked type in the DNS reply.",
     "outpost_probes_targets": "Probe targets configured on the agent.",
     "outpost_probes_failed": "Probe targets that failed in the last cycle.",
+    "outpost_security_auth_failures_total": "Failed logins the agent read from the auth log.",
+    "outpost_security_check_success": "1 when the security check succeeded when it last ran.",
     "outpost_agent_source_success": "1 when the source read successfully in the last cycle.",
     "outpost_agent_source_duration_seconds": "How long the source took in the last cycle.",
     "outpost_agent_outbox_rows": "Messages waiting in the agent's outbox.",

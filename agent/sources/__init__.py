@@ -11,6 +11,7 @@ from typing import Any
 
 from agent.sources.base import Collected, Source, SourceError
 from agent.sources.probes import ProbesSource
+from agent.sources.security import SecuritySource
 from agent.sources.snmp import SnmpSource
 from agent.sources.system import SystemSource
 
@@ -20,6 +21,7 @@ REGISTRY: dict[str, Callable[[Any], Source]] = {
     "system": SystemSource,
     "probes": ProbesSource,
     "snmp": SnmpSource,
+    "security": SecuritySource,
 }
 
 
