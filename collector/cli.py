@@ -155,6 +155,70 @@ def status(
         raise typer.Exit(3)
 
 
+@app.command()
+def events(
+    url: Annotated[
+        str, typer.Option(help="The collector's HTTP address.")
+    ] = "http://127.0.0.1:9468",
+    site: Annotated[Optional[str], typer.Option(help="Only this site.")] = None,  # noqa: UP045
+    host: Annotated[Optional[str], typer.Option(help="Only this host.")] = None,  # noqa: UP045
+    kind: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Only this kind, e.g. ssh_bruteforce (docs/events.md)."),
+    ] = None,
+    severity: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Only this severity: info, warning or critical."),
+    ] = None,
+    since: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Only events since: seconds since 1970 or ISO 8601."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
+) -> None:
+    """Show the newest security and operational events agents reported, as a table. Exit 1 if
+    the collector cannot be reached, 2 if it refuses the filters."""
+    from urllib.parse import urlencode
+
+    params = {"site": site, "host": host, "kind": kind, "severity": severity, "since": since}
+    query = urlencode({k: v for k, v in params.items() if v} | {"limit": str(limit)})
+    address = f"{url.rstrip('/')}/api/v1/events?{query}"
+    try:
+        with urllib.request.urlopen(address, timeout=5) as resp:
+            found = json.load(resp)["events"]
+    except urllib.error.HTTPError as exc:
+        try:
+            reason = json.loads(exc.read())["error"]
+        except (ValueError, KeyError):
+            reason = str(exc)
+        typer.echo(f"error: the collector refused the query: {reason}", err=True)
+        raise typer.Exit(2) from None
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+        typer.echo(
+            f"error: cannot read {url}/api/v1/events: {exc}. Is the collector running?", err=True
+        )
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(found, ensure_ascii=False, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    colour = {"critical": "red", "warning": "yellow", "info": "default"}
+    table = Table("time (UTC)", "site", "host", "kind", "severity", "message")
+    for e in found:
+        table.add_row(
+            e["time"][:19].replace("T", " "),
+            e["site"],
+            e["host"],
+            e["kind"],
+            f"[{colour.get(e['severity'], 'default')}]{e['severity']}[/]",
+            e["message"],
+        )
+    Console().print(table)
+
+
 def _ago(ts: float) -> str:
     import time
 

@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -253,3 +255,14 @@ def test_bruteforce_burst_is_one_event(
         )
         == 1.0
     )
+
+    # The same from the command line, as a table; a bad filter is refused with exit 2.
+    cli = [sys.executable, "-m", "outpost", "collector", "events", "--url", collector.base]
+    wide = {**os.environ, "COLUMNS": "250"}
+    shown = subprocess.run(
+        [*cli, "--kind", "ssh_bruteforce"], capture_output=True, text=True, env=wide
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "ssh_bruteforce" in shown.stdout and "203.0.113.9" in shown.stdout
+    refused = subprocess.run([*cli, "--since", "yesterday"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "ISO 8601" in refused.stderr

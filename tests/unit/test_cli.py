@@ -88,6 +88,12 @@ def test_collector_status_says_what_to_do_when_unreachable() -> None:
     assert "Is the collector running?" in result.output
 
 
+def test_collector_events_says_what_to_do_when_unreachable() -> None:
+    result = runner.invoke(app, ["collector", "events", "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == 1
+    assert "Is the collector running?" in result.output
+
+
 def test_the_agent_side_does_not_import_the_collector() -> None:
     code = (
         "import sys\n"
