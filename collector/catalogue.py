@@ -16,6 +16,7 @@ COLLECTOR_FAMILIES: dict[str, str] = {
     "outpost_host_state": "gauge",
     "outpost_host_last_seen_timestamp_seconds": "gauge",
     "outpost_host_info": "gauge",
+    "outpost_host_clock_skew_seconds": "gauge",
     "outpost_host_events_total": "counter",
     "outpost_security_events_total": "counter",
     "outpost_agent_last_seq": "gauge",
@@ -52,6 +53,8 @@ _COLLECTOR_HELP = {
     "never_reported.",
     "outpost_host_last_seen_timestamp_seconds": "When the collector last heard from the host.",
     "outpost_host_info": "The host's agent id and boot id, as labels.",
+    "outpost_host_clock_skew_seconds": "When the host's newest batch arrived minus when it "
+    "says it was collected.",
     "outpost_host_events_total": "Events received from the host, by kind and severity.",
     "outpost_security_events_total": "Security events received from the host, by kind and "
     "severity.",

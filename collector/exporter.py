@@ -20,7 +20,7 @@ from collector.coverage import STATES as COVERAGE_STATES
 from collector.coverage import site_coverage
 from collector.events import is_security
 from collector.ingest import Ingest
-from collector.state import OUTAGE_KINDS, HostView, SiteOutages
+from collector.state import OUTAGE_KINDS, SKEW_FRESH_SECONDS, HostView, SiteOutages
 from outpost import __version__
 
 __all__ = ["FleetCollector"]
@@ -51,10 +51,13 @@ class FleetCollector(Collector):
             views = state.views(now)
             # HostState objects are updated in place by ingest: copy what may change.
             copied = []
+            skews: dict[tuple[str, str], float] = {}
             for v in views:
                 hs = v.host_state
                 events = dict(hs.events) if hs is not None else {}
                 copied.append((v, hs.samples if hs else [], events, hs.last_seen if hs else 0.0))
+                if hs is not None and hs.batch_ts and now - hs.last_seen <= SKEW_FRESH_SECONDS:
+                    skews[(v.site, v.host)] = hs.clock_skew
             meta = {
                 "messages": dict(self.ingest.messages),
                 "invalid": dict(self.ingest.invalid),
@@ -70,6 +73,7 @@ class FleetCollector(Collector):
                     for site, o in state.outages.items()
                 },
                 "hosts": copied,
+                "skews": skews,
             }
         return views, meta
 
@@ -94,6 +98,9 @@ class FleetCollector(Collector):
             if view.host_state is None:
                 continue
             add("outpost_host_last_seen_timestamp_seconds", hl, last_seen)
+            skew = meta["skews"].get((view.site, view.host))
+            if skew is not None:
+                add("outpost_host_clock_skew_seconds", hl, skew)
             add(
                 "outpost_host_info",
                 {**hl, "agent_id": view.host_state.agent_id, "boot_id": view.host_state.boot_id},

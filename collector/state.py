@@ -30,6 +30,9 @@ __all__ = [
 ]
 
 MIN_STALE_SECONDS = 5.0
+# Clock skew is shown only for hosts whose newest batch came this recently (a batch from the
+# backlog says nothing about the clock now).
+SKEW_FRESH_SECONDS = 300.0
 DEVICE_UP = wire.DEVICE_UP
 # Distinct (kind, severity) counters one host may have; more are counted under "other".
 MAX_EVENT_COUNTERS_PER_HOST = 64
@@ -45,6 +48,7 @@ class HostState(msgspec.Struct):
     status_at: float = 0.0
     last_seen: float = 0.0
     batch_ts: int = 0
+    clock_skew: float = 0.0  # received minus collected, for the newest batch, seconds
     interval: float = 0.0
     samples: list[wire.Sample] = msgspec.field(default_factory=list)
     events: Counter[tuple[str, str]] = msgspec.field(default_factory=Counter)
@@ -151,6 +155,7 @@ class FleetState:
             state.interval = batch.interval
         if batch.samples and batch.ts >= state.batch_ts:
             state.batch_ts = batch.ts
+            state.clock_skew = now - batch.ts / 1000
             state.samples = batch.samples
         outages = []
         received = []

@@ -1,0 +1,1 @@
+"""The collector's alerting: rules, engine, routing, schedules, notifiers."""
