@@ -67,7 +67,14 @@ def once(
 
     cfg = load_or_exit(config, AgentConfig, _overrides(site=site, host=host))
     now = time.time()
-    result = collect(build_sources(cfg.sources), now)
+    sources = build_sources(cfg.sources)
+    try:
+        result = collect(sources, now)
+    finally:
+        for source in sources:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
     who = Identity(cfg.site, cfg.host, uuid.uuid4().hex, read_boot_id())
     batch = build_batch(who, 1, int(now * 1000), cfg.interval_seconds, samples=result.samples)
     batch.outbox_low = 1

@@ -114,6 +114,13 @@ class Agent:
         finally:
             self.outages.stopped()
             self._write([], time.time())
+            for source in self.sources:
+                close = getattr(source, "close", None)
+                if close is not None:
+                    try:
+                        close()
+                    except Exception as exc:
+                        log.warning("source %s did not close cleanly: %s", source.name, exc)
             said = self.publisher.stop()
             log.info("agent stopped (shutdown status %s)", "sent" if said else "not sent")
             self.outbox.close()

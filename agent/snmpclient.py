@@ -25,7 +25,7 @@ from pyasn1.type import univ
 from pysnmp.hlapi.v3arch import asyncio as hlapi
 from pysnmp.proto import rfc1902
 
-from agent.sources.base import SourceError
+from agent.errors import SourceError
 
 __all__ = ["Oid", "Reading", "SnmpError", "Target", "Value", "advance", "poll"]
 

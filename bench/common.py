@@ -36,8 +36,10 @@ def rss_mb(pid: int) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
+    """User and system CPU of the process and of the children it has waited for (a
+    ``journalctl`` the agent runs counts as the agent's)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return sum(int(f) for f in fields[11:15]) / TICK
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

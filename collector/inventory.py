@@ -9,6 +9,8 @@ from typing import Annotated
 
 import msgspec
 
+from collector.alerting.routing import Contact
+from collector.alerting.schedule import Staffing
 from outpost.wire import SLUG_RE
 
 __all__ = ["Inventory", "Site"]
@@ -25,6 +27,14 @@ class Site(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     longitude: Annotated[float, msgspec.Meta(ge=-180, le=180)] | None = None
     timezone: str = "Asia/Shanghai"
     hosts: list[Slug] = msgspec.field(default_factory=list)
+    # When IT staff are on site (none: never), and who to call there who is not IT staff.
+    staffing: Staffing = msgspec.field(default_factory=Staffing)
+    contact: Contact = msgspec.field(default_factory=Contact)
+
+    def __post_init__(self) -> None:
+        from collector.alerting.schedule import time_zone
+
+        time_zone(self.timezone)  # ValueError naming the zone when it is unknown
 
 
 class Inventory(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

@@ -16,13 +16,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
+from agent.errors import SourceError
 from outpost.wire import Event, Sample
 
 __all__ = ["Collected", "DeviceData", "Source", "SourceError", "Stateful"]
-
-
-class SourceError(Exception):
-    """A source could not read what it measures; the message names what and why."""
 
 
 class DeviceData(msgspec.Struct):

@@ -310,6 +310,13 @@ class SecuritySource:
         if self.config.privacy.pseudonymise:
             self._pseudonymiser()
 
+    def close(self) -> None:
+        """Close the followed log and stop journalctl, if running."""
+        if self.follower is not None:
+            self.follower.close()
+        if self.journal is not None:
+            self.journal.close()
+
     def state(self) -> dict[str, Any]:
         out: dict[str, Any] = {"auth": self.auth.state()}
         if self.follower is not None:

@@ -29,7 +29,7 @@ EXAMPLES: dict[str, type[msgspec.Struct]] = {
 # Lists that are empty by default, shown as a commented-out block right after their live
 # ``key: []`` line: uncommented, the block must validate and counts for "sets every key".
 COMMENTED_EXAMPLES: dict[str, list[str]] = {
-    "agent.yaml": ["sources.probes.targets", "sources.snmp.devices"]
+    "agent.yaml": ["sources.probes.targets", "sources.snmp.devices"],
 }
 
 
