@@ -7,7 +7,7 @@ an agent); those are exported with a generic help text.
 
 from __future__ import annotations
 
-__all__ = ["AGENT_SAMPLES", "CATALOGUE", "COLLECTOR_FAMILIES"]
+__all__ = ["AGENT_SAMPLES", "ALERTING_FAMILIES", "CATALOGUE", "COLLECTOR_FAMILIES"]
 
 # Series the collector derives from state (name -> Prometheus type).
 COLLECTOR_FAMILIES: dict[str, str] = {
@@ -44,6 +44,28 @@ COLLECTOR_FAMILIES: dict[str, str] = {
     "outpost_collector_broker_connects_total": "counter",
     "outpost_collector_hosts": "gauge",
     "outpost_collector_build_info": "gauge",
+}
+
+# Series of the alert engine (collector/alerting/exporter.py).
+ALERTING_FAMILIES: dict[str, str] = {
+    "outpost_notifications_total": "counter",
+    "outpost_alerts": "gauge",
+    "outpost_alerts_firing": "gauge",
+    "outpost_alert_evaluations_total": "counter",
+    "outpost_alert_evaluation_failures_total": "counter",
+    "outpost_alert_evaluation_duration_seconds": "gauge",
+    "outpost_alert_events_dropped_total": "counter",
+}
+
+_ALERTING_HELP = {
+    "outpost_notifications_total": "Notification deliveries by notifier and result.",
+    "outpost_alerts": "Alerts the collector keeps, by state and severity.",
+    "outpost_alerts_firing": "Firing alerts by rule, site and severity.",
+    "outpost_alert_evaluations_total": "Rule evaluations run.",
+    "outpost_alert_evaluation_failures_total": "Rule evaluations that failed.",
+    "outpost_alert_evaluation_duration_seconds": "How long the last rule evaluation took.",
+    "outpost_alert_events_dropped_total": "Events not seen by the rules because the queue "
+    "to them was full.",
 }
 
 _COLLECTOR_HELP = {
@@ -159,4 +181,4 @@ AGENT_SAMPLES: dict[str, str] = {
     "outpost_agent_collection_duration_seconds": "How long the last collection cycle took.",
 }
 
-CATALOGUE: dict[str, str] = {**_COLLECTOR_HELP, **AGENT_SAMPLES}
+CATALOGUE: dict[str, str] = {**_COLLECTOR_HELP, **_ALERTING_HELP, **AGENT_SAMPLES}

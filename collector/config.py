@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from collector.alerting.config import AlertingConfig
 from outpost.connection import BrokerConfig
 
 __all__ = ["CollectorConfig", "EventsConfig", "LimitsConfig", "LogConfig"]
@@ -45,4 +46,5 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=
     broker: BrokerConfig = msgspec.field(default_factory=_collector_broker)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
+    alerting: AlertingConfig = msgspec.field(default_factory=AlertingConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)

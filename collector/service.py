@@ -12,6 +12,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,6 +26,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+from collector.alerting import api as alert_api
+from collector.alerting.exporter import AlertsCollector
+from collector.alerting.service import AlertService
 from collector.config import CollectorConfig
 from collector.exporter import FleetCollector
 from collector.ingest import Ingest
@@ -138,11 +142,26 @@ class CollectorService:
         self.acks_published = 0
         self.ack_failures = 0
         self.registry = CollectorRegistry()
-        self.registry.register(FleetCollector(self.ingest, self._extra))
+        self.fleet = FleetCollector(self.ingest, self._extra)
+        self.registry.register(self.fleet)
+        self.alerts: AlertService | None = None
+        if config.alerting.enabled:
+            # A ValueError here is a config problem (a route naming an unknown notifier...).
+            self.alerts = AlertService(
+                config.alerting, self.state.inventory, Path(config.state_dir), self._series
+            )
+            self.ingest.event_listeners.append(self.alerts.on_event)
+            self.registry.register(AlertsCollector(self.alerts))
         ProcessCollector(registry=self.registry)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.http: ThreadingHTTPServer | None = None
+
+    def _series(self) -> Iterator[tuple[str, dict[str, str], float]]:
+        """Every series /metrics would show now, for the alert rules."""
+        for family in self.fleet.collect():
+            for sample in family.samples:
+                yield sample.name, sample.labels, sample.value
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         self.ingest.handle(topic, payload, time.time())
@@ -203,6 +222,8 @@ class CollectorService:
         for t in self._threads:
             t.start()
         self.subscriber.start()
+        if self.alerts is not None:
+            self.alerts.start()
         log.info(
             "collector listening on http://%s/ ; broker %s",
             self.config.listen,
@@ -211,6 +232,8 @@ class CollectorService:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.alerts is not None:
+            self.alerts.stop()
         for t in self._threads:
             if t.name == "acks":
                 t.join(timeout=5)
@@ -323,8 +346,43 @@ def _handler(service: CollectorService) -> type[BaseHTTPRequestHandler]:
             body = json.dumps(obj, ensure_ascii=False).encode()
             self._send(code, body, "application/json; charset=utf-8")
 
+        def _alerting(self, method: str) -> bool:
+            """Answer an alerting request; False when the path is not one."""
+            path, _, query = self.path.partition("?")
+            if not alert_api.handles(path):
+                return False
+            if service.alerts is None:
+                self._json(404, {"error": "alerting is switched off (alerting.enabled)"})
+                return True
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 <= length <= alert_api.MAX_BODY:
+                self._json(413, {"error": f"request body over {alert_api.MAX_BODY} bytes"})
+                return True
+            body = self.rfile.read(length) if length else b""
+            try:
+                reply = alert_api.handle(service.alerts, method, path, query, self.headers, body)
+            except Exception as exc:
+                log.exception("error serving %s %s", method, path[:100])
+                self._json(500, {"error": str(exc)[:300]})
+                return True
+            self._send(reply.code, reply.body, reply.content_type)
+            return True
+
+        def do_POST(self) -> None:
+            if not self._alerting("POST"):
+                self._json(404, {"error": f"no such endpoint {self.path[:100]}"})
+
+        def do_DELETE(self) -> None:
+            if not self._alerting("DELETE"):
+                self._json(404, {"error": f"no such endpoint {self.path[:100]}"})
+
         def do_GET(self) -> None:
             path, _, query = self.path.partition("?")
+            if self._alerting("GET"):
+                return
             try:
                 if path == "/metrics":
                     self._send(200, generate_latest(service.registry), CONTENT_TYPE_LATEST)

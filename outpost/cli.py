@@ -16,6 +16,7 @@ _LAZY: dict[str, tuple[str, str, str]] = {
     "up": ("outpost.up", "app", "Run broker, collector and a local agent on this machine."),
     "agent": ("agent.cli", "app", "Run, try or check the agent that reports this host."),
     "collector": ("collector.cli", "app", "Run or check the collector that keeps fleet state."),
+    "alerts": ("collector.alerting.cli", "app", "List, acknowledge and silence alerts."),
 }
 
 

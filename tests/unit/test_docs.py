@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from collector.catalogue import AGENT_SAMPLES, CATALOGUE, COLLECTOR_FAMILIES
+from collector.catalogue import AGENT_SAMPLES, ALERTING_FAMILIES, CATALOGUE, COLLECTOR_FAMILIES
 
 METRICS_MD = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 NAME = re.compile(r"outpost_[a-z0-9_]+")
@@ -16,7 +16,7 @@ def _mentioned() -> set[str]:
 
 
 def test_catalogue_covers_every_family() -> None:
-    assert set(CATALOGUE) == set(COLLECTOR_FAMILIES) | set(AGENT_SAMPLES)
+    assert set(CATALOGUE) == set(COLLECTOR_FAMILIES) | set(ALERTING_FAMILIES) | set(AGENT_SAMPLES)
 
 
 def test_every_catalogued_series_is_documented() -> None:

@@ -30,6 +30,14 @@ EXAMPLES: dict[str, type[msgspec.Struct]] = {
 # ``key: []`` line: uncommented, the block must validate and counts for "sets every key".
 COMMENTED_EXAMPLES: dict[str, list[str]] = {
     "agent.yaml": ["sources.probes.targets", "sources.snmp.devices"],
+    "collector.yaml": [
+        "alerting.user_rules",
+        "alerting.notifiers",
+        "alerting.routing.routes",
+        "alerting.routing.rotations",
+        "alerting.routing.people",
+        "alerting.maintenance",
+    ],
 }
 
 
@@ -127,3 +135,19 @@ def test_sites_example_lists_sites_with_hosts() -> None:
     assert len(inventory.sites) >= 2
     assert all(site.name and site.hosts for site in inventory.sites)
     assert len({site.id for site in inventory.sites}) == len(inventory.sites)
+
+
+def test_alerting_examples_fit_together() -> None:
+    """Uncommented, the routes, rotations, people and notifiers of collector.yaml and the
+    site contacts of sites.yaml name only each other: the router accepts them."""
+    from collector.alerting.routing import Router, SiteInfo
+    from collector.alerting.schedule import Calendar
+
+    cfg = validate(_with_commented_examples("collector.yaml"), CollectorConfig, "collector.yaml")
+    inventory = load(CONFIG_DIR / "sites.yaml", Inventory)
+    sites = {
+        s.id: SiteInfo(s.id, s.county, s.timezone, s.staffing, s.contact) for s in inventory.sites
+    }
+    names = {n.name for n in cfg.alerting.notifiers}
+    router = Router(cfg.alerting.routing, sites, Calendar(), names)
+    assert router.routes_for("hongqi-village", "critical", {"host_down"}, 1_800_000_000.0)
