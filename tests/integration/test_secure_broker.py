@@ -62,6 +62,9 @@ def test_tls_and_passwords(procs: Procs, tmp_path: Path) -> None:
     procs.outpost("collector", "collector", "run", "--config", str(tmp_path / "collector.yaml"),
                   "--broker", url, "--listen", f"127.0.0.1:{hport}",
                   "--state-dir", str(tmp_path / "c"), "-v")  # fmt: skip
+    # The collector's session must exist before the agent's first publish, or that batch
+    # waits for the agent's resend timeout (60 s).
+    wait_for("the collector's broker session", lambda: _healthy(hport), 30)
     procs.outpost("agent", "agent", "run", "--config", str(tmp_path / "agent.yaml"),
                   "--broker", url, "--state-dir", str(tmp_path / "a"), "--interval", "0.5",
                   "-v")  # fmt: skip
@@ -94,3 +97,14 @@ def test_tls_and_passwords(procs: Procs, tmp_path: Path) -> None:
         assert all(h["host"] != "srv9" for h in json.load(r)["hosts"])
     for proc in procs.all:
         assert "secret" not in proc.output()
+
+
+def _healthy(port: int) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
