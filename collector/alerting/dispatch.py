@@ -15,7 +15,8 @@ alerts, is never made twice). Delivery is someone else's (delivery.py).
   ``repeat_every_seconds`` (0: never).
 - **Resolves.** Everyone who heard of an alert hears once that it is resolved.
 
-Inhibited and silenced alerts are not sent; an alert still pending is never sent.
+Inhibited and silenced alerts are not sent; an alert still pending is never sent. Whoever
+was told that an alert fired hears that it resolved, also when it was silenced meanwhile.
 """
 
 from __future__ import annotations
@@ -85,7 +86,6 @@ class Dispatcher:
                 alert.state == "resolved"
                 and alert.notified_firing
                 and not alert.notified_resolved
-                and not alert.silenced_by
             ):
                 if not self.config.notify_resolved:
                     alert.notified_resolved = True

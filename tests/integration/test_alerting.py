@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -216,6 +219,44 @@ def test_a_dead_site_is_one_alert_and_an_acknowledged_one_does_not_escalate(
     alerts = {a["rule"]: a for a in api(collector, "/api/v1/alerts")["alerts"]}
     assert alerts["site_unreachable"]["acked_by"] == "zhang"
     assert alerts["host_down"]["inhibited_by"] == key
+
+    # The collector restarts: it remembers the alert and its acknowledgement, pages nobody.
+    assert collector.proc is not None
+    collector.proc.stop()
+    collector.start()
+
+    def evaluations() -> float:
+        return collector.value("outpost_alert_evaluations_total") or 0.0
+
+    wait_for("three evaluations after the restart", lambda: evaluations() >= 3, 30)
+    assert len(receiver.messages()) == 1
+    alerts = {a["rule"]: a for a in api(collector, "/api/v1/alerts")["alerts"]}
+    assert alerts["site_unreachable"]["acked_by"] == "zhang"
+
+    # The command line: the table (exit 0: nothing firing that nobody took), a silence, a test.
+    (tmp_path / "token.cli").write_text(TOKEN + "\n", encoding="utf-8")
+    cli = [sys.executable, "-m", "outpost", "alerts"]
+    url = ["--url", collector.base]
+    auth = ["--token-file", str(tmp_path / "token.cli")]
+    wide = {**os.environ, "COLUMNS": "200"}
+    shown = subprocess.run([*cli, "list", *url], capture_output=True, text=True, env=wide)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "site_unreachable" in shown.stdout and "acked by zhang" in shown.stdout
+    made = subprocess.run(
+        [*cli, "silence", "--site", "xicun", "--minutes", "30", "--reason", "new UPS", *url,
+         *auth], capture_output=True, text=True,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    listed = subprocess.run([*cli, "silences", *url], capture_output=True, text=True, env=wide)
+    assert "new UPS" in listed.stdout
+    refused = subprocess.run([*cli, "test", "--route", "county", *url], capture_output=True,
+                             text=True)  # fmt: skip
+    assert refused.returncode == 2 and "Bearer" in refused.stderr  # no token: refused
+    tested = subprocess.run([*cli, "test", "--route", "county", *url, *auth],
+                            capture_output=True, text=True)  # fmt: skip
+    assert tested.returncode == 0, tested.stderr
+    wait_for("the test message", lambda: [m for m in receiver.messages() if m["status"] == "test"],
+             15)  # fmt: skip
 
     for agent in agents:
         agent.start()
