@@ -2,14 +2,15 @@
 
 Each evaluation hands ``Engine.update`` what the rules say is wrong now. An alert is
 ``pending`` from the first evaluation that sees its condition, ``firing`` once the condition
-has held for the rule's ``for``, and ``resolved`` when it no longer holds. Two dampers:
+has held for the rule's ``for``, and ``resolved`` when it no longer holds. Three dampers:
 
+- a firing alert resolves only after its condition stayed clear for
+  ``resolve_after_seconds``;
 - **instant** alerts (from events: a brute-force attack, a changed file) fire at once and
   resolve after ``instant_hold_seconds`` without a new event;
 - **flapping**: an alert that fired ``flap_threshold`` times within ``flap_window_seconds``
   resolves only after its condition stayed clear for the whole window, so a host that bounces
-  ten times in an hour is one alert (told once as down, once as flapping, once as resolved),
-  not ten.
+  ten times in an hour is one alert, not ten.
 
 On top of the states, ``annotate`` marks alerts that must not be sent on their own:
 **inhibited** (a site that is unreachable, or about to be declared so, covers the host, gear,
@@ -60,6 +61,9 @@ SITE_RULE = "site_unreachable"
 class EngineConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     evaluate_every_seconds: Annotated[float, msgspec.Meta(ge=1, le=300)] = 10.0
     instant_hold_seconds: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
+    # A firing alert resolves only after its condition stayed clear this long: a host that
+    # is back for a minute and gone again stays one alert.
+    resolve_after_seconds: Annotated[float, msgspec.Meta(ge=0)] = 180.0
     flap_window_seconds: Annotated[float, msgspec.Meta(ge=0)] = 3600.0
     # Fired this many times within the window: flapping (held firing until quiet).
     flap_threshold: Annotated[int, msgspec.Meta(ge=2)] = 2
@@ -207,7 +211,7 @@ class Engine:
             return quiet >= self.config.instant_hold_seconds
         if self.flapping(alert, now):
             return quiet >= self.config.flap_window_seconds
-        return True
+        return quiet >= self.config.resolve_after_seconds
 
     # --- what may be sent -------------------------------------------------------------------
 

@@ -85,7 +85,7 @@ def start_collector(
     hook = f"http://127.0.0.1:{receiver.port}"
     config = {
         "alerting": {
-            "engine": {"evaluate_every_seconds": 1},
+            "engine": {"evaluate_every_seconds": 1, "resolve_after_seconds": 0},
             "dispatch": {"group_wait_seconds": 1, "repeat_every_seconds": 0},
             "rules": {
                 "host_down": {"for_seconds": 0},

@@ -40,7 +40,7 @@ def states(engine: Engine) -> dict[str, str]:
 
 
 def test_pending_then_firing_then_resolved() -> None:
-    engine = Engine(EngineConfig())
+    engine = Engine(EngineConfig(resolve_after_seconds=0))
     assert engine.update([down("h1")], T0, for_seconds) == []
     assert states(engine) == {"host_down/h1": "pending"}
     assert engine.update([down("h1")], T0 + 119, for_seconds) == []
@@ -68,20 +68,35 @@ def test_instant_alerts_fire_at_once_and_resolve_after_the_hold() -> None:
     assert resolved.what == "resolved"
 
 
-def test_a_host_that_bounces_ten_times_in_an_hour_is_one_alert() -> None:
+def test_a_short_return_does_not_resolve() -> None:
+    engine = Engine(EngineConfig(resolve_after_seconds=180))
+    engine.update([down("h1")], T0, for_seconds)
+    engine.update([down("h1")], T0 + 120, for_seconds)
+    assert engine.update([], T0 + 200, for_seconds) == []
+    assert engine.update([], T0 + 299, for_seconds) == []  # clear for 179 s
+    assert engine.update([down("h1")], T0 + 300, for_seconds) == []  # the same alert goes on
+    (resolved,) = engine.update([], T0 + 490, for_seconds)
+    assert resolved.what == "resolved"
+
+
+@pytest.mark.parametrize("up_seconds", [120, 600])
+def test_a_host_that_bounces_in_an_hour_is_one_alert(up_seconds: int) -> None:
     engine = Engine(EngineConfig(flap_window_seconds=3600, flap_threshold=2))
     changes = []
     t = T0
-    for _ in range(10):  # down for 3 minutes, up for 3 minutes
+    for _ in range(3600 // (180 + up_seconds)):  # down for 3 minutes, then up
         for step in range(0, 180, 10):
             changes += engine.update([down("h1")], t + step, for_seconds)
         t += 180
-        for step in range(0, 180, 10):
+        for step in range(0, up_seconds, 10):
             changes += engine.update([], t + step, for_seconds)
-        t += 180
+        t += up_seconds
     fired = [c for c in changes if c.what == "fired"]
     resolved = [c for c in changes if c.what == "resolved"]
-    assert len(fired) == 2 and len(resolved) == 1  # once, then held as flapping
+    if up_seconds < 180:
+        assert (len(fired), len(resolved)) == (1, 0)  # never clear long enough
+    else:
+        assert (len(fired), len(resolved)) == (2, 1)  # back once, then held as flapping
     assert len(engine.alerts) == 1
     # Quiet for the whole window: it resolves, once.
     later = [c for s in range(0, 3700, 100) for c in engine.update([], t + s, for_seconds)]
@@ -181,7 +196,7 @@ ROUTE = Route(
 
 
 def make(**cfg: Any) -> tuple[Engine, Dispatcher]:
-    engine = Engine(EngineConfig())
+    engine = Engine(EngineConfig(resolve_after_seconds=0))
     router = FakeRouter(ROUTE, contact=[Target("sms", "+8613900000000")])
     dispatcher = Dispatcher(DispatchConfig(**cfg), router, lambda keys: f"/ack/{len(keys)}")
     return engine, dispatcher
