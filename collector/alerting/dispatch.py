@@ -83,9 +83,7 @@ class Dispatcher:
                         for route in alert.routes:
                             repeat[(alert.site, alert.severity, route, alert.level)].append(alert)
             elif (
-                alert.state == "resolved"
-                and alert.notified_firing
-                and not alert.notified_resolved
+                alert.state == "resolved" and alert.notified_firing and not alert.notified_resolved
             ):
                 if not self.config.notify_resolved:
                     alert.notified_resolved = True

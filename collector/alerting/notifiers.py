@@ -147,10 +147,13 @@ class WebhookConfig(_Base, tag="webhook"):
 
 
 class AlertmanagerConfig(_Base, tag="alertmanager"):
-    """Alertmanager's base URL (``http://alertmanager:9093``); alerts go to /api/v2/alerts."""
+    """Alertmanager's base URL (``http://alertmanager:9093``); alerts go to /api/v2/alerts.
+    ``ends_after_seconds``: a firing alert is sent with ``endsAt`` that far ahead (300 s to
+    30 days, default a day), so Alertmanager keeps it firing until Outpost resolves it."""
 
     url: HttpUrl
     generator_url: str = ""  # the back-link Alertmanager shows, e.g. the collector's page
+    ends_after_seconds: Annotated[float, msgspec.Meta(ge=300, le=30 * 86400)] = 86400.0
     bearer_token: str | None = None
     bearer_token_file: str | None = None
     headers: dict[str, str] = {}
@@ -553,9 +556,13 @@ def _label_name(name: str) -> str:
 
 
 class AlertmanagerNotifier(_Notifier):
-    """POST the group's alerts to Alertmanager's API v2. Firing alerts carry no ``endsAt``:
-    Alertmanager resolves them by itself after its ``resolve_timeout`` unless they are sent
-    again; a resolved notification sends ``endsAt``."""
+    """POST the group's alerts to Alertmanager's API v2. A firing alert carries ``endsAt`` =
+    now + ``ends_after_seconds`` (default 86400, bounded 300 s .. 30 days): without it
+    Alertmanager would resolve the alert by itself after its ``resolve_timeout`` (5 min by
+    default), as Outpost does not send firing alerts again that often. Keep it longer than
+    the dispatch's ``repeat_every_seconds`` (each repeat moves ``endsAt`` on): an alert that
+    is not sent again within it ends in Alertmanager, though not in Outpost. A resolved alert
+    carries ``endsAt`` = its ``resolved_at``."""
 
     kind = "alertmanager"
     config: AlertmanagerConfig
@@ -599,6 +606,8 @@ class AlertmanagerNotifier(_Notifier):
             }
             if n.status == "resolved" or alert.state == "resolved":
                 item["endsAt"] = _rfc3339(alert.resolved_at or now)
+            else:
+                item["endsAt"] = _rfc3339(now + c.ends_after_seconds)
             if c.generator_url:
                 item["generatorURL"] = c.generator_url
             out.append(item)

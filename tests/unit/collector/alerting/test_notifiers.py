@@ -38,6 +38,7 @@ from cryptography.x509.oid import NameOID
 from collector.alerting.model import Alert, Notification, alert_key
 from collector.alerting.notifiers import (
     AlertmanagerConfig,
+    AlertmanagerNotifier,
     DeliveryError,
     DingtalkConfig,
     FeishuConfig,
@@ -320,7 +321,9 @@ def test_alertmanager_request(receiver: Receiver) -> None:
         "disk_full", "srv2", labels={"mountpoint": "/data", "bad-name": "x"}, value=0.95,
         severity="warning", args={"free_bytes": "1073741824"},
     )  # fmt: skip
+    before = time.time()
     notifier.send(MESSAGE, note(alerts=[make_alert(), disk]))
+    after = time.time()
     request = receiver.last
     assert (request.method, request.path) == ("POST", "/api/v2/alerts")
     assert request.headers["content-type"] == "application/json; charset=utf-8"
@@ -339,8 +342,13 @@ def test_alertmanager_request(receiver: Receiver) -> None:
             "ack_url": ACK,
         },
         "startsAt": "2026-05-28T20:28:40.000Z",
+        "endsAt": body[0]["endsAt"],
         "generatorURL": "https://outpost.example/alerts",
     }
+    # Firing: endsAt a day ahead (the default), not left to Alertmanager's resolve_timeout.
+    for item in body:
+        ends = dt.datetime.fromisoformat(item["endsAt"].replace("Z", "+00:00")).timestamp()
+        assert before + 86400 - 0.001 <= ends <= after + 86400 + 0.001
     assert body[1]["labels"] == {
         "alertname": "disk_full",
         "severity": "warning",
@@ -350,8 +358,27 @@ def test_alertmanager_request(receiver: Receiver) -> None:
         "bad_name": "x",
     }
     assert body[1]["annotations"]["summary"] == "主机 srv2 磁盘 /data 已用 95%"
-    assert "endsAt" not in body[1]
     dt.datetime.fromisoformat(body[1]["startsAt"].replace("Z", "+00:00"))
+
+
+def test_alertmanager_ends_after_seconds() -> None:
+    notifier = AlertmanagerNotifier(
+        config(
+            {"type": "alertmanager", "name": "am", "url": "http://am", "ends_after_seconds": 300}
+        )
+    )
+    now = STARTED + 600.25
+    (firing,) = notifier.alerts(MESSAGE, note(), now)
+    assert firing["startsAt"] == "2026-05-28T20:28:40.000Z"
+    assert firing["endsAt"] == "2026-05-28T20:41:40.250Z"  # now + 300 s
+    gone = make_alert(state="resolved", resolved_at=STARTED + 500.0)
+    (resolved,) = notifier.alerts(MESSAGE, note(status="resolved", alerts=[gone]), now)
+    assert resolved["endsAt"] == "2026-05-28T20:35:00.000Z"  # resolved_at, not now + 300
+    # Resolved without a resolved_at (not expected): now, so Alertmanager ends it at once.
+    odd = make_alert(state="resolved")
+    (item,) = notifier.alerts(MESSAGE, note(status="resolved", alerts=[odd]), now)
+    assert item["endsAt"] == "2026-05-28T20:36:40.250Z"
+    assert AlertmanagerConfig(name="am", url="http://am").ends_after_seconds == 86400
 
 
 def test_alertmanager_resolved_and_test(receiver: Receiver) -> None:
@@ -865,6 +892,19 @@ def test_unreadable_secret_file(tmp_path: Path) -> None:
         ({"type": "smtp", "name": "m", "host": "h", "from": "a@b.cn", "password": "p"}, "username"),
         ({"type": "sms", "name": "s", "url": "http://a", "success_status": []}, "success_status"),
         ({"type": "sms", "name": "s", "url": "http://a", "max_length": 5}, "max_length"),
+        (
+            {"type": "alertmanager", "name": "am", "url": "http://a", "ends_after_seconds": 299},
+            "ends_after_seconds",
+        ),
+        (
+            {
+                "type": "alertmanager",
+                "name": "am",
+                "url": "http://a",
+                "ends_after_seconds": 2592001,
+            },
+            "ends_after_seconds",
+        ),
         ({"type": "pager", "name": "p"}, "type"),
     ],
 )
