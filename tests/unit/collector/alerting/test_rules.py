@@ -747,7 +747,7 @@ def test_series_index() -> None:
 def test_conditions_drive_the_engine() -> None:
     """The engine takes the conditions and the effective `for` as they are."""
     config = rules_config(host_down={"for_seconds": 60})
-    engine = Engine(EngineConfig())
+    engine = Engine(EngineConfig(resolve_after_seconds=0))
 
     def step(now: float, samples: list[Sample], events: Sequence[HostEvent] = ()) -> list[str]:
         conds = evaluate(config, [], ctx(samples, events, now=now))
