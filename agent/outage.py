@@ -56,6 +56,8 @@ class OutageTracker:
                 st.down_since = st.last_alive
         st.boot_id = boot_id
         st.stopped_cleanly = False
+        # Alive from now: a power cut before the first collection still counts.
+        st.last_alive = max(st.last_alive, now)
 
     def stopped(self) -> None:
         """A stop that was asked for: the silence until the next start is planned."""

@@ -102,3 +102,14 @@ def test_an_outage_spanning_a_restart_is_reported_once_from_its_start() -> None:
 def test_garbage_in_the_saved_state_starts_afresh() -> None:
     assert OutageTracker.restore(b"{not json") == TrackerState()
     assert OutageTracker.restore(None) == TrackerState()
+
+
+def test_a_power_cut_before_the_first_collection_is_still_a_reboot() -> None:
+    first = OutageTracker(TrackerState(), 30.0)
+    first.start(1000.0, "b1", 10.0)  # killed before any cycle: only the start was stored
+    stored = OutageTracker.restore(first.snapshot())
+    again = OutageTracker(stored, 30.0)
+    again.start(1003.0, "b2", 10.0)
+    event = again.connected_at(1004.0)
+    assert event is not None and event.attrs["rebooted"] == "true"
+    assert event.attrs["started_ms"] == "1000000"
