@@ -68,6 +68,7 @@ def run(
     """Run the collector until SIGTERM or Ctrl-C."""
     from collector.config import CollectorConfig
     from collector.service import CollectorService
+    from outpost.errors import OutpostError
     from outpost.logs import setup_logging
     from outpost.runtime import EXIT_FAILURE, load_or_exit, stop_event
 
@@ -83,7 +84,11 @@ def run(
     inventory = _inventory_or_exit(cfg.sites_file)
     setup_logging(cfg.log.level, cfg.log.format, verbose)
     stop = stop_event()
-    service = CollectorService(cfg, inventory)
+    try:
+        service = CollectorService(cfg, inventory)
+    except (ValueError, OutpostError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     try:
         service.start()
     except OSError as exc:
@@ -108,6 +113,14 @@ def check(
 
     cfg = load_or_exit(config, CollectorConfig, {})
     inventory = _inventory_or_exit(cfg.sites_file)
+    from collector.alerting.service import check_config
+    from outpost.errors import OutpostError
+
+    try:
+        check_config(cfg.alerting, inventory)
+    except (ValueError, OutpostError) as exc:
+        typer.echo(f"{config}: alerting: {exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(
         f"{config}: ok (broker {cfg.broker.url}, listen {cfg.listen}, "
         f"{len(inventory.sites)} sites in inventory)"

@@ -137,6 +137,10 @@ class Dispatcher:
             alert.next_level_at = self._next(alert)
         return out
 
+    def next_level_time(self, alert: Alert) -> float | None:
+        """When the alert's next escalation level is due (None: no more levels)."""
+        return self._next(alert)
+
     def _next(self, alert: Alert) -> float | None:
         times = []
         for name in alert.routes:
@@ -153,6 +157,8 @@ class Dispatcher:
     ) -> list[Notification]:
         route = self.router.route(route_name)
         if route is None:  # the config changed since: nobody left to tell on this route
+            return []
+        if level >= len(route.steps):  # a shorter route than another the alert took
             return []
         alerts = sorted(group, key=lambda a: (a.rule, sorted(a.labels.items())))
         link = self.ack_url([a.key for a in alerts]) if status == "firing" else ""

@@ -14,7 +14,8 @@ has held for the rule's ``for``, and ``resolved`` when it no longer holds. Three
 
 On top of the states, ``annotate`` marks alerts that must not be sent on their own:
 **inhibited** (a site that is unreachable, or about to be declared so, covers the host, gear,
-link and probe alerts of that site: one site alert, not twenty) and **silenced** (a silence
+link and probe alerts of that site: one site alert, not twenty; a collector that lost its
+broker covers every alert but its own, since it hears nobody) and **silenced** (a silence
 made by an operator, or a maintenance window from the config).
 
 The engine decides nothing about who hears what: that is the dispatcher's (dispatch.py).
@@ -56,6 +57,7 @@ INHIBITED_BY_SITE = frozenset(
     }
 )
 SITE_RULE = "site_unreachable"
+BROKER_RULE = "collector_broker_down"
 
 
 class EngineConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -223,12 +225,24 @@ class Engine:
             for a in self.alerts.values()
             if a.rule == SITE_RULE and a.state in ("pending", "firing")
         }
+        # Without its broker the collector hears nobody: every host would look down. The
+        # broker alert covers all but the collector's own alerts.
+        blind = next(
+            (
+                a.key
+                for a in self.alerts.values()
+                if a.rule == BROKER_RULE and a.state in ("pending", "firing")
+            ),
+            "",
+        )
         for key, silence in list(self.silences.items()):
             if silence.end <= now:
                 del self.silences[key]
         for alert in self.alerts.values():
             alert.suppressed_by = ""
-            if alert.rule in INHIBITED_BY_SITE and alert.site in site_alerts:
+            if blind and not alert.rule.startswith("collector_"):
+                alert.suppressed_by = blind
+            elif alert.rule in INHIBITED_BY_SITE and alert.site in site_alerts:
                 alert.suppressed_by = site_alerts[alert.site]
             alert.silenced_by = ""
             for silence in self.silences.values():

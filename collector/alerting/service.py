@@ -34,7 +34,7 @@ from collector.alerting.templates import render, validate_templates
 from collector.events import HostEvent
 from collector.inventory import Inventory
 
-__all__ = ["AlertService", "read_secret_file"]
+__all__ = ["AlertService", "check_config", "read_secret_file"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,36 @@ def read_secret_file(path: str, what: str) -> str:
             f"e.g. `head -c 32 /dev/urandom | base64 > {path}`"
         )
     return first
+
+
+def check_config(config: AlertingConfig, inventory: Inventory) -> None:
+    """Everything the alert service checks when it starts, without starting it: the calendar,
+    the templates, the notifiers' secrets, the routes against the notifiers and the sites,
+    and the token and link secret files. Raises ValueError (or an OutpostError) saying what
+    is wrong."""
+    if not config.enabled:
+        return
+    calendar = (
+        load_calendar(config.routing.calendar_file) if config.routing.calendar_file else Calendar()
+    )
+    if config.templates_dir:
+        validate_templates(config.templates_dir)
+    notifiers = {n.name: build_notifier(n) for n in config.notifiers}
+    for notifier in notifiers.values():
+        notifier.check()
+    Router(config.routing, _sites(inventory), calendar, set(notifiers))
+    if config.api_token_file:
+        read_secret_file(config.api_token_file, "API token")
+    if config.link_secret_file:
+        read_secret_file(config.link_secret_file, "link secret")
+    if config.link_secret_file and not config.public_url:
+        log.warning("alerting.link_secret_file is set but public_url is empty: no links")
+
+
+def _sites(inventory: Inventory) -> dict[str, SiteInfo]:
+    return {
+        s.id: SiteInfo(s.id, s.county, s.timezone, s.staffing, s.contact) for s in inventory.sites
+    }
 
 
 class AlertService:
@@ -78,11 +108,7 @@ class AlertService:
         if config.templates_dir:
             validate_templates(config.templates_dir)
         self.notifiers: dict[str, Notifier] = {n.name: build_notifier(n) for n in config.notifiers}
-        sites = {
-            s.id: SiteInfo(s.id, s.county, s.timezone, s.staffing, s.contact)
-            for s in inventory.sites
-        }
-        self.router = Router(config.routing, sites, calendar, set(self.notifiers))
+        self.router = Router(config.routing, _sites(inventory), calendar, set(self.notifiers))
         self.token = (
             read_secret_file(config.api_token_file, "API token") if config.api_token_file else ""
         )
@@ -108,6 +134,7 @@ class AlertService:
         self.last_evaluation_seconds = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._unrouted: set[str] = set()
 
     # --- feeding ----------------------------------------------------------------------------
 
@@ -147,6 +174,13 @@ class AlertService:
         for change in changes:
             a = change.alert
             log.info("alert %s %s %s", a.rule, change.what, _where(a))
+        for a in self.engine.alerts.values():
+            if a.notified_firing and not a.routes and a.key not in self._unrouted:
+                self._unrouted.add(a.key)
+                log.warning(
+                    "alert %s at %s matched no route: nobody was told (add a route in "
+                    "alerting.routing.routes)", a.rule, _where(a),
+                )  # fmt: skip
         if notes:
             self.delivery.wake.set()
         self.evaluations += 1
@@ -242,8 +276,11 @@ class AlertService:
         return self.ack(keys, by or "link")
 
     def unack(self, keys: list[str]) -> list[str]:
+        """Take acknowledgements back: escalation goes on (at once if its time has come)."""
         with self.lock:
             done = self.engine.unack(self._resolve_keys(keys))
+            for alert in done:
+                alert.next_level_at = self.dispatcher.next_level_time(alert)
             self._save([], self.clock())
         return [a.key for a in done]
 

@@ -82,6 +82,17 @@ def test_collector_check_reports_a_bad_sites_file(tmp_path: Path) -> None:
     assert "sites[0].id" in result.output and "sites[0].latitude" in result.output
 
 
+def test_collector_check_reports_a_route_to_nowhere(tmp_path: Path) -> None:
+    conf = tmp_path / "collector.yaml"
+    conf.write_text(
+        "alerting:\n  routing:\n    routes:\n      - name: county\n        steps:\n"
+        "          - notify: ['oncall:county-it']\n"
+    )
+    result = runner.invoke(app, ["collector", "check", "--config", str(conf)])
+    assert result.exit_code == 2
+    assert "county-it" in result.output and "route 'county'" in result.output
+
+
 def test_collector_status_says_what_to_do_when_unreachable() -> None:
     result = runner.invoke(app, ["collector", "status", "--url", "http://127.0.0.1:9"])
     assert result.exit_code == 1
