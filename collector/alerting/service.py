@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 Sample = tuple[str, dict[str, str], float]
 MAX_QUEUED_EVENTS = 100_000
+KEEP_DELIVERIES_SECONDS = 7 * 86400.0
 
 
 def read_secret_file(path: str, what: str) -> str:
@@ -135,6 +136,7 @@ class AlertService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._unrouted: set[str] = set()
+        self._pruned_at = 0.0
 
     # --- feeding ----------------------------------------------------------------------------
 
@@ -171,6 +173,7 @@ class AlertService:
             self.engine.annotate(now, cfg.maintenance)
             notes = self.dispatcher.plan(list(self.engine.alerts.values()), now)
             self._save(notes, now)
+            self._prune(now)
         for change in changes:
             a = change.alert
             log.info("alert %s %s %s", a.rule, change.what, _where(a))
@@ -186,6 +189,12 @@ class AlertService:
         self.evaluations += 1
         self.last_evaluation_seconds = time.perf_counter() - started
         return notes
+
+    def _prune(self, now: float) -> None:
+        """Forget finished deliveries after a week (once an hour)."""
+        if now - self._pruned_at >= 3600:
+            self._pruned_at = now
+            self.store.prune(now - KEEP_DELIVERIES_SECONDS)
 
     def _save(self, notes: list[Notification], now: float) -> None:
         self.store.save(

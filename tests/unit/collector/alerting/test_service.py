@@ -151,3 +151,15 @@ def test_the_config_check_names_the_problem(tmp_path: Path) -> None:
     missing = config(api_token_file=str(tmp_path / "no-token"))
     with pytest.raises(ValueError, match="API token"):
         check_config(missing, Inventory())
+
+
+def test_finished_deliveries_are_forgotten_after_a_week(tmp_path: Path) -> None:
+    service, clock, fleet = make(tmp_path)
+    fleet.series = host("lost")
+    service.evaluate()
+    for item in service.store.due(clock.now):
+        service.store.finish(item.id, "sent")
+    clock.now += 8 * 86400
+    fleet.series = host("online")
+    service.evaluate()
+    assert all(r["created"] > T0 for r in service.store.recent_deliveries())
