@@ -115,31 +115,35 @@ def run(
     log_format: LogFormatOpt = None,
 ) -> None:
     """Run the agent until SIGTERM or Ctrl-C: collect every interval, keep every batch in the
-    outbox until the collector acknowledges it, and publish over MQTT."""
+    outbox until the collector acknowledges it, and publish over MQTT.
+
+    SIGHUP reads the config file (and these flags) again and applies it without losing the
+    outbox; a bad file is logged and the running config kept. site, host and state_dir need
+    a restart. Under systemd (Type=notify or notify-reload) it reports readiness, status and
+    watchdog pings."""
     from agent.config import AgentConfig
     from agent.runner import Agent
     from outpost.logs import setup_logging
-    from outpost.runtime import load_or_exit, stop_event
+    from outpost.runtime import Reload, load_or_exit, stop_event
 
-    cfg = load_or_exit(
-        config,
-        AgentConfig,
-        _overrides(
-            site=site,
-            host=host,
-            broker=broker,
-            state_dir=str(state_dir) if state_dir else None,
-            interval=interval,
-            protocol=protocol,
-            username=username,
-            password_file=str(password_file) if password_file else None,
-            log_format=log_format,
-        ),
+    overrides = _overrides(
+        site=site,
+        host=host,
+        broker=broker,
+        state_dir=str(state_dir) if state_dir else None,
+        interval=interval,
+        protocol=protocol,
+        username=username,
+        password_file=str(password_file) if password_file else None,
+        log_format=log_format,
     )
+    cfg = load_or_exit(config, AgentConfig, overrides)
     setup_logging(cfg.log.level, cfg.log.format, verbose)
     sources = _preflight(cfg)
     stop = stop_event()
-    Agent(cfg, sources).run(stop)
+    # SIGHUP: the same file and flags are read again between two turns of the main loop.
+    reload = Reload(config, AgentConfig, overrides, verbose).on_sighup()
+    Agent(cfg, sources).run(stop, reload)
 
 
 def _preflight(cfg: Any) -> list[Any]:

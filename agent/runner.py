@@ -4,6 +4,11 @@ One thread owns the outbox. paho's callbacks arrive as events on a queue (see pu
 Delivery is end to end: a row leaves the outbox only when the collector's ``ack`` covers it.
 Rows sent but not acknowledged within ``resend_after_seconds`` are sent again, and after every
 reconnect the newest data goes out first, then the backlog in seq order.
+
+The main loop is also what systemd watches (outpost/systemd.py): ``READY=1`` once the outbox
+is open and the publisher started, ``WATCHDOG=1`` from the loop itself (a hung cycle stops
+the pings), and on SIGHUP the config is read again and applied between two iterations
+without closing the outbox (:meth:`Agent.apply`).
 """
 
 from __future__ import annotations
@@ -22,18 +27,33 @@ from agent.cycle import Identity, collect, encode_batches, self_samples, with_de
 from agent.outage import OutageTracker
 from agent.outbox import Outbox
 from agent.publisher import Publisher, SessionEvent
-from agent.sources import Source, build_sources
+from agent.sources import REGISTRY, Source, build_sources
 from agent.sources.base import Stateful
-from outpost import wire
+from outpost import systemd, wire
+from outpost.errors import OutpostError
+from outpost.runtime import Reload, changed_keys
 from outpost.wire import DEVICE_UP, Event, Sample
 
-__all__ = ["Agent", "read_boot_id"]
+__all__ = ["RESTART_KEYS", "Agent", "read_boot_id"]
+
+RESTART_KEYS = ("site", "host", "state_dir")
+"""What a reload cannot change: the identity the outbox and the collector know the agent by,
+and where the outbox lives."""
 
 log = logging.getLogger(__name__)
 
 
 def _meta_key(source: str) -> str:
     return f"source.{source}"
+
+
+def _close(source: Source) -> None:
+    close = getattr(source, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception as exc:
+            log.warning("source %s did not close cleanly: %s", source.name, exc)
 
 
 def read_boot_id() -> str:
@@ -64,17 +84,17 @@ class Agent:
         self._ready = False
         # The stored state of each stateful source, as last committed (JSON text).
         self._committed: dict[str, str] = {}
+        self._next_cycle = 0.0
 
     # --- the loop ---------------------------------------------------------------------------
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, reload: Reload[AgentConfig] | None = None) -> None:
+        """Run until ``stop`` is set; read the config again whenever ``reload`` is due."""
         cfg = self.config
         state = Path(cfg.state_dir)
         self.outbox = Outbox(state / "outbox.sqlite", cfg.outbox.max_bytes)
         self.who = Identity(cfg.site, cfg.host, self.outbox.agent_id, read_boot_id())
-        self.publisher = Publisher(
-            cfg.broker, cfg.site, cfg.host, self.who.agent_id, self.who.boot_id, self._events
-        )
+        self.publisher = self._publisher(cfg)
         log.info(
             "agent %s/%s (id %s) starting; outbox holds %d rows",
             cfg.site,
@@ -91,39 +111,174 @@ class Agent:
         self._write([], time.time())
         self._restart_delivery()
         self.publisher.start()
-        next_cycle = time.monotonic()
+        watchdog = systemd.Watchdog.from_env()
+        status = systemd.StatusLine()
+        line = self.status_line()
+        systemd.ready(line)
+        status.shown(line)
+        self._next_cycle = time.monotonic()
         try:
             while not stop.is_set():
-                if time.monotonic() >= next_cycle:
+                if reload is not None and reload.due():
+                    self._reload(reload)
+                    status.shown(self.status_line())
+                if time.monotonic() >= self._next_cycle:
                     self.cycle(time.time())
-                    next_cycle += cfg.interval_seconds
-                    if next_cycle < time.monotonic():
-                        next_cycle = time.monotonic() + cfg.interval_seconds
+                    self._next_cycle += self.config.interval_seconds
+                    if self._next_cycle < time.monotonic():
+                        self._next_cycle = time.monotonic() + self.config.interval_seconds
                 self._drain()
-                wait = max(0.0, min(next_cycle - time.monotonic(), 1.0))
+                # This iteration came round: the loop is alive, whatever the link does.
+                watchdog.ping()
+                status.update(self.status_line())
+                wait = min(self._next_cycle - time.monotonic(), 1.0, watchdog.remaining())
                 try:
-                    event = self._events.get(timeout=wait)
+                    event = self._events.get(timeout=max(0.0, wait))
                 except queue.Empty:
                     continue
                 self._handle(event)
-                while True:
-                    try:
-                        self._handle(self._events.get_nowait())
-                    except queue.Empty:
-                        break
+                self._handle_queued()
         finally:
+            systemd.stopping()
             self.outages.stopped()
             self._write([], time.time())
             for source in self.sources:
-                close = getattr(source, "close", None)
-                if close is not None:
-                    try:
-                        close()
-                    except Exception as exc:
-                        log.warning("source %s did not close cleanly: %s", source.name, exc)
+                _close(source)
             said = self.publisher.stop()
             log.info("agent stopped (shutdown status %s)", "sent" if said else "not sent")
             self.outbox.close()
+
+    def _publisher(self, cfg: AgentConfig) -> Publisher:
+        return Publisher(
+            cfg.broker, cfg.site, cfg.host, self.who.agent_id, self.who.boot_id, self._events
+        )
+
+    def _handle_queued(self) -> None:
+        while True:
+            try:
+                self._handle(self._events.get_nowait())
+            except queue.Empty:
+                break
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status``."""
+        link = "connected" if self.publisher.connected else "not connected"
+        rows = self.outbox.stats().rows
+        return (
+            f"{rows} rows in the outbox, {link}, a cycle every {self.config.interval_seconds:g} s"
+        )
+
+    # --- reload -----------------------------------------------------------------------------
+
+    def _reload(self, reload: Reload[AgentConfig]) -> None:
+        """SIGHUP: read the config again and apply it, telling systemd around it."""
+        systemd.reloading()
+        log.info("reload: reading %s again", reload.path or "the flags")
+        new = reload.read()
+        applied = False
+        if new is not None:
+            try:
+                applied = self.apply(new) is not None
+            except Exception:  # a bug must not take an unattended agent down
+                log.exception("reload failed; still running with the previous config")
+        if applied and new is not None:
+            reload.set_logging(new.log.level, new.log.format)
+        line = self.status_line()
+        systemd.ready(line if applied else f"reload refused (see the log); {line}")
+
+    def apply(self, new: AgentConfig) -> list[str] | None:
+        """Make ``new`` the running config without closing the outbox (its rows, seq and
+        agent id stay): interval, sources, outbox limits, outage reporting and, by
+        reconnecting the publisher, broker settings. Returns the keys that changed, or None
+        when the reload was refused (logged; the running config is kept whole)."""
+        old = self.config
+        changed = changed_keys(old, new)
+        if not changed:
+            log.info("reload: the config has not changed")
+            return []
+        fixed = [key for key in RESTART_KEYS if getattr(old, key) != getattr(new, key)]
+        for key in fixed:
+            log.error(
+                "reload refused: %s changed from %r to %r, which needs a restart; still "
+                "running with the previous config",
+                key,
+                getattr(old, key),
+                getattr(new, key),
+            )
+        if fixed:
+            return None
+        built = self._rebuild_sources(old, new)
+        if built is None:
+            return None
+        publisher = None
+        if new.broker != old.broker:
+            try:
+                publisher = self._publisher(new)
+            except (OutpostError, OSError, ValueError) as exc:
+                log.error("reload refused: broker: %s; still running with the previous config", exc)
+                for source in built:
+                    if source not in self.sources:
+                        _close(source)
+                return None
+        for source in self.sources:
+            if source not in built:
+                _close(source)
+        self.sources = built
+        self.config = new
+        self.outbox.max_bytes = new.outbox.max_bytes
+        self.outages.min_seconds = new.outage_report_min_seconds
+        if new.interval_seconds != old.interval_seconds:
+            # The next cycle comes one new interval after the last one.
+            last = self._next_cycle - old.interval_seconds
+            self._next_cycle = max(time.monotonic(), last + new.interval_seconds)
+        if publisher is not None:
+            self._reconnect(publisher)
+        log.warning("reload: applied %s", ", ".join(changed))
+        return changed
+
+    def _rebuild_sources(self, old: AgentConfig, new: AgentConfig) -> list[Source] | None:
+        """The sources for ``new``: those whose block is unchanged stay as they are (with
+        their position), the others are built again, checked (``preflight``) and given the
+        last stored state. None when one cannot be used (logged)."""
+        current = {source.name: source for source in self.sources}
+        out: list[Source] = []
+        fresh: list[Source] = []
+        for key, factory in REGISTRY.items():
+            block = getattr(new.sources, key)
+            if block == getattr(old.sources, key) and key in current:
+                out.append(current[key])
+                continue
+            if not getattr(block, "enabled", True):
+                continue
+            try:
+                source = factory(block)
+                fresh.append(source)
+                preflight = getattr(source, "preflight", None)
+                if preflight is not None:
+                    preflight()
+            except (ValueError, OSError, OutpostError) as exc:
+                log.error(
+                    "reload refused: source %s: %s; still running with the previous config",
+                    key,
+                    exc,
+                )
+                for made in fresh:
+                    _close(made)
+                return None
+            out.append(source)
+        for source in fresh:
+            self._restore_source(source)
+        return out
+
+    def _reconnect(self, publisher: Publisher) -> None:
+        """Say goodbye on the old session, then connect with the new settings. What the old
+        session still reported (an ack, its disconnect) is handled first."""
+        self.publisher.stop()
+        self._handle_queued()
+        self._ready = False  # until the new session says it is connected
+        self.publisher = publisher
+        self.publisher.start()
+        log.info("reload: reconnecting to %s", self.config.broker.url)
 
     def cycle(self, now: float) -> None:
         """Collect once and store the messages, with the outage state, in one transaction."""
@@ -187,17 +342,21 @@ class Agent:
 
     def _restore_sources(self) -> None:
         for source in self.sources:
-            if not isinstance(source, Stateful):
-                continue
-            text = self.outbox.read_meta(_meta_key(source.name)) or ""
-            try:
-                data = json.loads(text) if text else {}
-            except ValueError:
-                log.warning("stored state of source %s is damaged; starting afresh", source.name)
-                data = {}
-            source.restore(data if isinstance(data, dict) else {})
-            if text:
-                self._committed[source.name] = text
+            self._restore_source(source)
+
+    def _restore_source(self, source: Source) -> None:
+        """Hand a stateful source its last stored state (from the outbox)."""
+        if not isinstance(source, Stateful):
+            return
+        text = self.outbox.read_meta(_meta_key(source.name)) or ""
+        try:
+            data = json.loads(text) if text else {}
+        except ValueError:
+            log.warning("stored state of source %s is damaged; starting afresh", source.name)
+            data = {}
+        source.restore(data if isinstance(data, dict) else {})
+        if text:
+            self._committed[source.name] = text
 
     # --- delivery ---------------------------------------------------------------------------
 

@@ -65,12 +65,17 @@ def run(
         typer.Option("--log-format", help="text or json (one object per line, for journald)."),
     ] = None,
 ) -> None:
-    """Run the collector until SIGTERM or Ctrl-C."""
+    """Run the collector until SIGTERM or Ctrl-C.
+
+    SIGHUP reads the config, these flags and the sites file again and applies them without
+    losing state; a bad file is logged and the running config kept. listen, broker,
+    state_dir, events and whether alerting runs need a restart. Under systemd (Type=notify
+    or notify-reload) it reports readiness, status and watchdog pings."""
     from collector.config import CollectorConfig
     from collector.service import CollectorService
     from outpost.errors import OutpostError
     from outpost.logs import setup_logging
-    from outpost.runtime import EXIT_FAILURE, load_or_exit, stop_event
+    from outpost.runtime import EXIT_FAILURE, Reload, load_or_exit, stop_event
 
     flags = {
         "broker.url": broker,
@@ -80,10 +85,13 @@ def run(
         "broker.protocol": protocol,
         "log.format": log_format,
     }
-    cfg = load_or_exit(config, CollectorConfig, {k: v for k, v in flags.items() if v is not None})
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    cfg = load_or_exit(config, CollectorConfig, overrides)
     inventory = _inventory_or_exit(cfg.sites_file)
     setup_logging(cfg.log.level, cfg.log.format, verbose)
     stop = stop_event()
+    # SIGHUP: the same file and flags (and the sites file) are read again by the main thread.
+    reload = Reload(config, CollectorConfig, overrides, verbose).on_sighup()
     try:
         service = CollectorService(cfg, inventory)
     except (ValueError, OutpostError) as exc:
@@ -97,7 +105,7 @@ def run(
         )
         raise typer.Exit(EXIT_FAILURE) from None
     try:
-        stop.wait()
+        service.supervise(stop, reload)
     finally:
         service.stop()
 

@@ -3,6 +3,12 @@
 Three threads meet here: paho's (ingest under the state lock), the ack loop (persist the seq
 tracks, then publish acks, every ``ack_interval_seconds``) and the HTTP server's (scrapes and
 API reads take a snapshot under the same lock).
+
+The main thread supervises (:meth:`CollectorService.supervise`): it tells systemd the
+collector is ready, sends ``WATCHDOG=1`` only while the ack loop and the alert evaluations
+keep coming round and the threads are alive (:meth:`CollectorService.health`), and on SIGHUP
+reads the config and the inventory again and applies them (:meth:`CollectorService.apply`)
+without touching the seq tracks, the alerts, the silences or the delivery queue.
 """
 
 from __future__ import annotations
@@ -27,8 +33,12 @@ from prometheus_client import (
 )
 
 from collector.alerting import api as alert_api
+from collector.alerting.config import AlertingConfig
 from collector.alerting.exporter import AlertsCollector
-from collector.alerting.service import AlertService
+from collector.alerting.notifiers import Notifier, build_notifier
+from collector.alerting.routing import Router, SiteInfo
+from collector.alerting.schedule import Calendar, load_calendar
+from collector.alerting.service import AlertService, check_config, read_secret_file
 from collector.config import CollectorConfig
 from collector.exporter import FleetCollector
 from collector.ingest import Ingest
@@ -36,11 +46,27 @@ from collector.inventory import Inventory
 from collector.mqtt import Subscriber
 from collector.state import FleetState
 from collector.store import Store
-from outpost import wire
+from outpost import systemd, wire
+from outpost.errors import OutpostError
+from outpost.runtime import Reload, changed_keys, load_or_log
 
-__all__ = ["CollectorService", "EventQuery", "QueryError", "parse_listen"]
+__all__ = ["RESTART_KEYS", "CollectorService", "EventQuery", "QueryError", "parse_listen"]
 
 log = logging.getLogger(__name__)
+
+RESTART_KEYS = (
+    "listen",
+    "state_dir",
+    "broker",
+    "events",
+    "alerting.enabled",
+    "alerting.engine.evaluate_every_seconds",
+)
+"""What a reload cannot change: sockets, where the state lives, the event log's size, and
+whether (and how often) the alert loop runs."""
+
+STALL_SECONDS = 30.0
+"""A loop that has not come round for this long (or 20 of its own periods) is stuck."""
 
 
 class QueryError(ValueError):
@@ -119,18 +145,62 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _limits(config: CollectorConfig) -> wire.Limits:
+    return wire.Limits(
+        max_payload_bytes=config.limits.max_payload_bytes,
+        max_samples=config.limits.max_samples,
+        max_events=config.limits.max_events,
+        max_labels=config.limits.max_labels,
+    )
+
+
+def _get(config: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        config = getattr(config, key)
+    return config
+
+
+class _AlertingParts:
+    """What an alerting reload rebuilds, built and checked before anything is swapped."""
+
+    def __init__(self, config: AlertingConfig, inventory: Inventory) -> None:
+        check_config(config, inventory)  # the checks `outpost collector check` makes
+        routing = config.routing
+        calendar = load_calendar(routing.calendar_file) if routing.calendar_file else Calendar()
+        self.notifiers: dict[str, Notifier] = {n.name: build_notifier(n) for n in config.notifiers}
+        sites = {
+            s.id: SiteInfo(s.id, s.county, s.timezone, s.staffing, s.contact)
+            for s in inventory.sites
+        }
+        self.router = Router(routing, sites, calendar, set(self.notifiers))
+        self.site_names = {s.id: s.name for s in inventory.sites if s.name}
+        token = config.api_token_file
+        self.token = read_secret_file(token, "API token") if token else ""
+        link = config.link_secret_file
+        self.link_secret = read_secret_file(link, "link secret").encode() if link else b""
+
+    def install(self, alerts: AlertService, config: AlertingConfig) -> None:
+        """Swap the new settings in; the engine's alerts and silences, the trend history and
+        the stored deliveries stay as they are."""
+        with alerts.lock:
+            alerts.config = config
+            alerts.notifiers = self.notifiers
+            alerts.router = self.router
+            alerts.site_names = self.site_names
+            alerts.token = self.token
+            alerts.link_secret = self.link_secret
+            alerts.engine.config = config.engine
+            alerts.dispatcher.config = config.dispatch
+            alerts.dispatcher.router = self.router
+            alerts.delivery.config = config.delivery
+
+
 class CollectorService:
     def __init__(self, config: CollectorConfig, inventory: Inventory | None = None) -> None:
         self.config = config
-        limits = wire.Limits(
-            max_payload_bytes=config.limits.max_payload_bytes,
-            max_samples=config.limits.max_samples,
-            max_events=config.limits.max_events,
-            max_labels=config.limits.max_labels,
-        )
         keep = config.events.keep_per_host
         self.state = FleetState(config.stale_after_seconds, inventory, keep_events=keep)
-        self.ingest = Ingest(self.state, limits, config.broker.topic_prefix)
+        self.ingest = Ingest(self.state, _limits(config), config.broker.topic_prefix)
         self.store = Store(Path(config.state_dir) / "collector.sqlite", keep)
         for agent_id, (_site, _host, track) in self.store.load_tracks().items():
             self.state.tracks[agent_id] = track
@@ -156,6 +226,10 @@ class CollectorService:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.http: ThreadingHTTPServer | None = None
+        # Progress, in time.monotonic(): when the ack loop last came round, and the alert
+        # evaluations (tried) last seen with when that count last moved.
+        self.acks_ran_at = time.monotonic()
+        self._evaluated = (-1, time.monotonic())
 
     def _series(self) -> Iterator[tuple[str, dict[str, str], float]]:
         """Every series /metrics would show now, for the alert rules."""
@@ -208,6 +282,7 @@ class CollectorService:
                 self.flush_acks()
             except Exception:
                 log.exception("could not flush acks; will retry")
+            self.acks_ran_at = time.monotonic()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -221,6 +296,7 @@ class CollectorService:
         ]
         for t in self._threads:
             t.start()
+        self.acks_ran_at = time.monotonic()
         self.subscriber.start()
         if self.alerts is not None:
             self.alerts.start()
@@ -229,6 +305,134 @@ class CollectorService:
             self.config.listen,
             self.config.broker.url,
         )
+
+    def supervise(
+        self, stop: threading.Event, reload: Reload[CollectorConfig] | None = None
+    ) -> None:
+        """The main thread's loop once :meth:`start` returned, until ``stop`` is set: tell
+        systemd (READY, STATUS, WATCHDOG while :meth:`health` finds nothing stuck, STOPPING)
+        and reload when ``reload`` is due."""
+        watchdog = systemd.Watchdog.from_env()
+        status = systemd.StatusLine()
+        line = self.status_line()
+        systemd.ready(line)
+        status.shown(line)
+        stuck: list[str] = []
+        try:
+            while not stop.wait(max(0.1, min(1.0, watchdog.remaining()))):
+                if reload is not None and reload.due():
+                    self._reload(reload)
+                    status.shown(self.status_line())
+                problems = self.health(time.monotonic())
+                if problems and problems != stuck:
+                    log.error("stuck: %s; no watchdog pings until it recovers", "; ".join(problems))
+                elif stuck and not problems:
+                    log.warning("recovered; watchdog pings resume")
+                stuck = problems
+                if not problems:
+                    watchdog.ping()
+                status.update("stuck: " + "; ".join(problems) if problems else self.status_line())
+        finally:
+            systemd.stopping()
+
+    def health(self, now: float) -> list[str]:
+        """What is stuck at ``now`` (time.monotonic()); empty when the collector is healthy:
+        the HTTP and ack threads are alive, the ack loop came round lately, and the alert
+        loop's evaluations (successful or not) keep counting up. A broker that cannot be
+        reached is not a fault of this process: a restart would not help."""
+        problems = [f"the {t.name} thread has died" for t in self._threads if not t.is_alive()]
+        ack_stall = max(STALL_SECONDS, 20 * self.config.ack_interval_seconds)
+        if now - self.acks_ran_at > ack_stall:
+            problems.append(f"the ack loop has not come round for {now - self.acks_ran_at:.0f} s")
+        if self.alerts is not None:
+            count = self.alerts.evaluations + self.alerts.evaluation_failures
+            if count != self._evaluated[0]:
+                self._evaluated = (count, now)
+            every = self.config.alerting.engine.evaluate_every_seconds
+            idle = now - self._evaluated[1]
+            if idle > max(STALL_SECONDS, 3 * every):
+                problems.append(f"no alert evaluation for {idle:.0f} s")
+        return problems
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status``."""
+        now = time.time()
+        with self.ingest.lock:
+            views = self.state.views(now)
+        online = sum(1 for v in views if v.up)
+        broker = "connected" if self.subscriber.connected.is_set() else "not connected"
+        line = f"{online} of {len(views)} hosts online, broker {broker}"
+        if self.alerts is not None:
+            firing = self.alerts.metrics()["firing"]
+            line += f", {sum(firing.values())} alerts firing"
+        return line
+
+    # --- reload -----------------------------------------------------------------------------
+
+    def _reload(self, reload: Reload[CollectorConfig]) -> None:
+        """SIGHUP: read the config and the inventory again, apply them, telling systemd."""
+        systemd.reloading()
+        log.info("reload: reading %s again", reload.path or "the flags")
+        new = reload.read()
+        inventory = None
+        if new is not None:
+            inventory = (
+                load_or_log(Path(new.sites_file), Inventory, {}) if new.sites_file else Inventory()
+            )
+        applied = False
+        if new is not None and inventory is not None:
+            try:
+                applied = self.apply(new, inventory) is not None
+            except Exception:  # a bug must not take the collector down
+                log.exception("reload failed; still running with the previous config")
+            if applied:
+                reload.set_logging(new.log.level, new.log.format)
+        line = self.status_line()
+        systemd.ready(line if applied else f"reload refused (see the log); {line}")
+
+    def apply(self, new: CollectorConfig, inventory: Inventory) -> list[str] | None:
+        """Make ``new`` and ``inventory`` the running ones: the sites and hosts expected,
+        stale_after_seconds, the message limits, the ack interval and the alerting config
+        (router, notifiers, rules, templates, secrets). The seq tracks, the events, the
+        alerts, the silences and the delivery queue are kept. Returns what changed, or None
+        when the reload was refused (logged; the running config is kept whole)."""
+        old = self.config
+        changed = changed_keys(old, new)
+        if inventory != self.state.inventory:
+            changed.append(f"inventory ({new.sites_file or 'none'})")
+        if not changed:
+            log.info("reload: nothing has changed")
+            return []
+        fixed = [key for key in RESTART_KEYS if _get(old, key) != _get(new, key)]
+        for key in fixed:
+            log.error(
+                "reload refused: %s changed, which needs a restart; still running with the "
+                "previous config",
+                key,
+            )
+        if fixed:
+            return None
+        parts = None
+        if self.alerts is not None and (
+            new.alerting != old.alerting or inventory != self.state.inventory
+        ):
+            try:
+                parts = _AlertingParts(new.alerting, inventory)
+            except (ValueError, OSError, OutpostError) as exc:
+                log.error(
+                    "reload refused: alerting: %s; still running with the previous config", exc
+                )
+                return None
+        with self.ingest.lock:
+            self.state.inventory = inventory
+            self.state.expected = inventory.expected_hosts()
+            self.state.stale_after = new.stale_after_seconds
+            self.ingest.limits = _limits(new)
+        if parts is not None and self.alerts is not None:
+            parts.install(self.alerts, new.alerting)
+        self.config = new
+        log.warning("reload: applied %s", ", ".join(changed))
+        return changed
 
     def stop(self) -> None:
         self._stop.set()
