@@ -17,6 +17,8 @@ _LAZY: dict[str, tuple[str, str, str]] = {
     "agent": ("agent.cli", "app", "Run, try or check the agent that reports this host."),
     "collector": ("collector.cli", "app", "Run or check the collector that keeps fleet state."),
     "alerts": ("collector.alerting.cli", "app", "List, acknowledge and silence alerts."),
+    "ca": ("collector.enroll_cli", "ca_app", "Create the fleet CA and the broker's certificate."),
+    "enroll": ("collector.enroll_cli", "enroll_app", "Enrol, re-key or revoke a broker user."),
 }
 
 
