@@ -15,7 +15,7 @@ import yaml
 from agent.config import AgentConfig
 from collector.config import CollectorConfig
 from collector.inventory import Inventory
-from outpost.config import load, load_yaml, set_path, validate
+from outpost.config import load, load_yaml, validate
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 
@@ -38,6 +38,7 @@ COMMENTED_EXAMPLES: dict[str, list[str]] = {
         "alerting.routing.people",
         "alerting.maintenance",
     ],
+    "sites.yaml": ["sites.2.contact.notify"],
 }
 
 
@@ -54,8 +55,16 @@ def _with_commented_examples(name: str) -> dict[str, Any]:
             if not line.startswith(prefix):
                 break
             block.append(line[len(prefix) + 1 :])
-        set_path(data, path, yaml.safe_load("\n".join(block))[key])
+        _set(data, path, yaml.safe_load("\n".join(block))[key])
     return data
+
+
+def _set(data: Any, dotted: str, value: Any) -> None:
+    """``set_path`` that also walks list indexes (``sites.2.contact.notify``)."""
+    *keys, last = dotted.split(".")
+    for key in keys:
+        data = data[int(key)] if isinstance(data, list) else data.setdefault(key, {})
+    data[last] = value
 
 
 def _type_paths(t: mi.Type, prefix: str = "") -> set[str]:
@@ -114,7 +123,7 @@ def test_commented_examples_validate(name: str) -> None:
     for path in COMMENTED_EXAMPLES[name]:
         value: Any = loaded
         for key in path.split("."):
-            value = getattr(value, key)
+            value = value[int(key)] if key.isdigit() else getattr(value, key)
         assert value, f"config/{name}: the commented example of {path} is empty"
 
 
