@@ -581,7 +581,7 @@ class AlertmanagerNotifier(_Notifier):
         out: list[dict[str, Any]] = []
         if n.status == "test":
             item: dict[str, Any] = {
-                "labels": {"alertname": "outpost_test", "severity": "info", "route": n.route},
+                "labels": {"alertname": "test_message", "severity": "info", "route": n.route},
                 "annotations": {"summary": message.title, "description": message.text},
                 "startsAt": _rfc3339(now),
                 "endsAt": _rfc3339(now + 300),

@@ -390,7 +390,7 @@ def test_alertmanager_resolved_and_test(receiver: Receiver) -> None:
     assert "ack_url" not in item["annotations"] and "generatorURL" not in item
     notifier.send(MESSAGE, note(status="test", alerts=[]))
     (item,) = receiver.last.json()
-    assert item["labels"] == {"alertname": "outpost_test", "severity": "info", "route": "county-it"}
+    assert item["labels"] == {"alertname": "test_message", "severity": "info", "route": "county-it"}
     starts = dt.datetime.fromisoformat(item["startsAt"].replace("Z", "+00:00")).timestamp()
     ends = dt.datetime.fromisoformat(item["endsAt"].replace("Z", "+00:00")).timestamp()
     assert abs(starts - time.time()) < 30 and ends - starts == 300
