@@ -150,7 +150,13 @@ def _preflight(cfg: Any) -> list[Any]:
     """Build the sources and let each check what it needs before the first cycle (a secret
     file, say); a problem is printed with what to do, exit 2."""
     from agent.sources import build_sources
+    from outpost.connection import check_files
 
+    problems = check_files(cfg.broker)
+    for problem in problems:
+        typer.echo(f"error: {problem}", err=True)
+    if problems:
+        raise typer.Exit(2)
     sources = build_sources(cfg.sources)
     for source in sources:
         preflight = getattr(source, "preflight", None)

@@ -92,6 +92,11 @@ def run(
     stop = stop_event()
     # SIGHUP: the same file and flags (and the sites file) are read again by the main thread.
     reload = Reload(config, CollectorConfig, overrides, verbose).on_sighup()
+    from outpost.connection import check_files
+
+    for problem in check_files(cfg.broker):
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
     try:
         service = CollectorService(cfg, inventory)
     except (ValueError, OutpostError) as exc:
@@ -122,6 +127,7 @@ def check(
     cfg = load_or_exit(config, CollectorConfig, {})
     inventory = _inventory_or_exit(cfg.sites_file)
     from collector.alerting.service import check_config
+    from outpost.connection import check_files
     from outpost.errors import OutpostError
 
     try:
@@ -129,6 +135,11 @@ def check(
     except (ValueError, OutpostError) as exc:
         typer.echo(f"{config}: alerting: {exc}", err=True)
         raise typer.Exit(2) from None
+    problems = check_files(cfg.broker)
+    for problem in problems:
+        typer.echo(f"{config}: {problem}", err=True)
+    if problems:
+        raise typer.Exit(2)
     typer.echo(
         f"{config}: ok (broker {cfg.broker.url}, listen {cfg.listen}, "
         f"{len(inventory.sites)} sites in inventory)"

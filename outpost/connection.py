@@ -14,7 +14,14 @@ import msgspec
 
 from outpost.errors import OutpostError
 
-__all__ = ["BrokerAddress", "BrokerConfig", "TlsConfig", "parse_broker_url", "read_password"]
+__all__ = [
+    "BrokerAddress",
+    "BrokerConfig",
+    "TlsConfig",
+    "check_files",
+    "parse_broker_url",
+    "read_password",
+]
 
 BROKER_URL_PATTERN = r"^mqtts?://[^/\s:]+(:[0-9]{1,5})?/?$"
 
@@ -61,6 +68,29 @@ def parse_broker_url(url: str) -> BrokerAddress:
     except ValueError:
         raise BrokerUrlError(f"broker URL {url!r}: the port is not a number") from None
     return BrokerAddress(parts.hostname, port, tls)
+
+
+def check_files(config: BrokerConfig) -> list[str]:
+    """What would stop a connection before it starts: an unreadable password file, a TLS
+    file that cannot be read. One line per problem, saying what to do."""
+    problems = []
+    try:
+        read_password(config)
+    except OutpostError as exc:
+        problems.append(f"{exc}; check the path and that this user may read it")
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(config.tls, key)
+        if not path:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            problems.append(
+                f"broker.tls.{key} {path}: cannot read it ({exc.strerror}); check the path "
+                "and that this user may read it"
+            )
+    return problems
 
 
 def read_password(config: BrokerConfig) -> str | None:

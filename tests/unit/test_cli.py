@@ -93,6 +93,20 @@ def test_collector_check_reports_a_route_to_nowhere(tmp_path: Path) -> None:
     assert "county-it" in result.output and "route 'county'" in result.output
 
 
+def test_checks_refuse_a_missing_password_or_ca_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    agent = tmp_path / "agent.yaml"
+    agent.write_text(
+        f"site: s1\nhost: h1\nbroker:\n  username: s1--h1\n  password_file: {missing}\n"
+    )
+    result = runner.invoke(app, ["agent", "check", "--config", str(agent)])
+    assert result.exit_code == 2 and "broker.password_file" in result.output
+    collector = tmp_path / "collector.yaml"
+    collector.write_text(f"broker:\n  tls:\n    ca_file: {missing}\n")
+    result = runner.invoke(app, ["collector", "check", "--config", str(collector)])
+    assert result.exit_code == 2 and "broker.tls.ca_file" in result.output
+
+
 def test_collector_status_says_what_to_do_when_unreachable() -> None:
     result = runner.invoke(app, ["collector", "status", "--url", "http://127.0.0.1:9"])
     assert result.exit_code == 1
