@@ -26,6 +26,7 @@
 #   OUTPOST_PREFIX       install prefix, as --prefix (default /opt/outpost)
 #   OUTPOST_ETC          config directory (default /etc/outpost)
 #   OUTPOST_UNIT_DIR     where the unit goes (default /etc/systemd/system)
+#   OUTPOST_BIN_DIR      where the `outpost` command is linked (default /usr/local/bin)
 #   OUTPOST_SKIP_USER=1  do not create the user `outpost` nor give it files; root is then
 #                        not required
 #   OUTPOST_PYTHON       the Python that makes the venv (default python3, 3.11 or later)
@@ -100,6 +101,7 @@ fi
 
 etc=${OUTPOST_ETC:-/etc/outpost}
 unit_dir=${OUTPOST_UNIT_DIR:-/etc/systemd/system}
+bin_dir=${OUTPOST_BIN_DIR:-/usr/local/bin}
 systemd_dir=${OUTPOST_SYSTEMD_DIR:-/run/systemd/system}
 systemctl=${OUTPOST_SYSTEMCTL:-systemctl}
 python=${OUTPOST_PYTHON:-python3}
@@ -220,6 +222,10 @@ if [ $uninstall -eq 1 ]; then
         else
             rm -rf "$venv"
             changed "removed the venv $venv"
+            if [ "$(readlink "$bin_dir/outpost" 2>/dev/null)" = "$venv/bin/outpost" ]; then
+                rm -f "$bin_dir/outpost"
+                changed "removed the command $bin_dir/outpost"
+            fi
             rmdir "$prefix" 2>/dev/null && changed "removed the empty $prefix"
         fi
     fi
@@ -336,6 +342,17 @@ else
     printf '%s %s %s\n' "$fingerprint" "$source_kind" "$from" >"$marker"
     changed "installed Outpost into $venv from $from"
     venv_changed=1
+fi
+
+# The command on PATH, as the docs call it.
+if [ "$(readlink "$bin_dir/outpost" 2>/dev/null)" = "$venv/bin/outpost" ]; then
+    unchanged "$bin_dir/outpost runs $venv/bin/outpost"
+elif [ -e "$bin_dir/outpost" ] || [ -L "$bin_dir/outpost" ]; then
+    warn "$bin_dir/outpost exists and is not ours: left alone (use $venv/bin/outpost)"
+else
+    mkdir -p "$bin_dir"
+    ln -s "$venv/bin/outpost" "$bin_dir/outpost"
+    changed "linked $bin_dir/outpost to $venv/bin/outpost"
 fi
 
 # The config, and for the collector the inventory its example names.

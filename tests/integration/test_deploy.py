@@ -184,6 +184,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
         OUTPOST_PREFIX=str(tmp_path / "opt/outpost"),
         OUTPOST_ETC=str(tmp_path / "etc/outpost"),
         OUTPOST_UNIT_DIR=str(tmp_path / "etc/systemd/system"),
+        OUTPOST_BIN_DIR=str(tmp_path / "usr/local/bin"),
         OUTPOST_SYSTEMD_DIR=str(tmp_path / "run/systemd/system"),
         OUTPOST_SYSTEMCTL=str(tmp_path / "bin/systemctl"),
         OUTPOST_SKIP_USER="1",
@@ -255,6 +256,8 @@ def test_install_twice_then_start_then_uninstall(tmp_path: Path) -> None:
     helped = subprocess.run([str(venv / "bin/outpost"), "--help"], capture_output=True,
                             text=True, timeout=60)  # fmt: skip
     assert helped.returncode == 0 and "agent" in helped.stdout, helped.stderr
+    linked = Path(env["OUTPOST_BIN_DIR"]) / "outpost"
+    assert linked.resolve() == (venv / "bin/outpost").resolve()  # on PATH as the docs call it
     code = "import outpost; print(outpost.__file__)"
     where = subprocess.run([str(venv / "bin/python"), "-c", code], capture_output=True,
                            text=True, timeout=60, cwd=tmp_path)  # fmt: skip
@@ -299,6 +302,7 @@ def test_install_twice_then_start_then_uninstall(tmp_path: Path) -> None:
     assert gone.returncode == 0, gone.stdout + gone.stderr
     assert changes() == ["disable --now --quiet outpost-agent.service", "daemon-reload"]
     assert not unit.exists() and not venv.exists() and not prefix.exists()
+    assert not (Path(env["OUTPOST_BIN_DIR"]) / "outpost").is_symlink()
     assert config.read_text(encoding="utf-8") == edited + "# edited by hand\n"
     assert str(config) in gone.stdout and "/var/lib/outpost-agent" in gone.stdout
     again = install("agent", "--uninstall")
