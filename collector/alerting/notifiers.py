@@ -508,12 +508,10 @@ def _alert_json(alert: Alert) -> dict[str, Any]:
     }
 
 
-class WebhookNotifier(_Notifier):
-    """POST ``{version, status, route, level, locale, audience, to, alerts, title, text,
-    ack_url}`` as JSON; any 2xx is success."""
+class _BearerNotifier(_Notifier):
+    """A notifier that may send ``Authorization: Bearer`` (webhook, Alertmanager)."""
 
-    kind = "webhook"
-    config: WebhookConfig
+    config: WebhookConfig | AlertmanagerConfig
 
     def _token(self) -> str | None:
         c = self.config
@@ -522,6 +520,14 @@ class WebhookNotifier(_Notifier):
     def _secrets(self) -> list[str]:
         token = self._token()
         return [token] if token else []
+
+
+class WebhookNotifier(_BearerNotifier):
+    """POST ``{version, status, route, level, locale, audience, to, alerts, title, text,
+    ack_url}`` as JSON; any 2xx is success."""
+
+    kind = "webhook"
+    config: WebhookConfig
 
     def _send(self, message: Message, n: Notification) -> None:
         c = self.config
@@ -555,7 +561,7 @@ def _label_name(name: str) -> str:
     return name if re.match(r"[a-zA-Z_]", name) else "_" + name
 
 
-class AlertmanagerNotifier(_Notifier):
+class AlertmanagerNotifier(_BearerNotifier):
     """POST the group's alerts to Alertmanager's API v2. A firing alert carries ``endsAt`` =
     now + ``ends_after_seconds`` (default 86400, bounded 300 s .. 30 days): without it
     Alertmanager would resolve the alert by itself after its ``resolve_timeout`` (5 min by
@@ -566,14 +572,6 @@ class AlertmanagerNotifier(_Notifier):
 
     kind = "alertmanager"
     config: AlertmanagerConfig
-
-    def _token(self) -> str | None:
-        c = self.config
-        return _read_secret(c.bearer_token, c.bearer_token_file, "bearer_token")
-
-    def _secrets(self) -> list[str]:
-        token = self._token()
-        return [token] if token else []
 
     def alerts(self, message: Message, n: Notification, now: float) -> list[dict[str, Any]]:
         """The request body (a list of postable alerts)."""
