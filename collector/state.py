@@ -48,6 +48,9 @@ class HostState(msgspec.Struct):
     status_at: float = 0.0
     last_seen: float = 0.0
     batch_ts: int = 0
+    # The seq of the batch the samples came from: the newest batch is the highest seq of the
+    # same agent, never the latest ts (an agent's clock may be hours off and then corrected).
+    batch_seq: int = 0
     clock_skew: float = 0.0  # received minus collected, for the newest batch, seconds
     interval: float = 0.0
     samples: list[wire.Sample] = msgspec.field(default_factory=list)
@@ -143,9 +146,12 @@ class FleetState:
         self.lost_total += lost
         state = self._host(batch.site, batch.device or batch.host)
         state.last_seen = max(state.last_seen, now)
+        newest = bool(batch.samples) and (
+            batch.agent_id != state.agent_id or batch.seq > state.batch_seq
+        )
         if batch.device:
             state.proxy = batch.host
-            if batch.samples and batch.ts >= state.batch_ts:
+            if newest:
                 state.device_up = any(s.name == DEVICE_UP and s.value == 1.0 for s in batch.samples)
         if batch.agent_id != state.agent_id:
             state.agent_id = batch.agent_id
@@ -153,7 +159,8 @@ class FleetState:
             state.boot_id = batch.boot_id
         if batch.interval:
             state.interval = batch.interval
-        if batch.samples and batch.ts >= state.batch_ts:
+        if newest:
+            state.batch_seq = batch.seq
             state.batch_ts = batch.ts
             state.clock_skew = now - batch.ts / 1000
             state.samples = batch.samples

@@ -150,6 +150,23 @@ def test_newer_batch_wins_over_an_older_backlog_batch() -> None:
     assert fleet.hosts["s1", "h1"].samples == newer
 
 
+def test_a_clock_set_back_by_hours_does_not_freeze_the_samples() -> None:
+    """Newest is by seq: an agent whose clock ran three hours ahead and was then corrected
+    keeps updating its samples, and the skew follows the corrected clock."""
+    fleet = FleetState(stale_after=60)
+    ahead = int((T0 + 3 * 3600) * 1000)
+    fleet.apply_batch(batch(1, ts=ahead, samples=[wire.Sample("outpost_load1", 1.0)]), T0)
+    assert fleet.hosts["s1", "h1"].clock_skew == pytest.approx(-3 * 3600)
+    corrected = [wire.Sample("outpost_load1", 2.0)]
+    fleet.apply_batch(batch(2, ts=int((T0 + 10) * 1000), samples=corrected), T0 + 10)
+    state = fleet.hosts["s1", "h1"]
+    assert (state.samples, state.batch_seq, state.clock_skew) == (corrected, 2, 0.0)
+    # A reinstalled agent (new id, seq from 1) is newest too.
+    fresh = [wire.Sample("outpost_load1", 3.0)]
+    fleet.apply_batch(batch(1, agent_id="agent-2", ts=int(T0 * 1000), samples=fresh), T0 + 20)
+    assert fleet.hosts["s1", "h1"].samples == fresh
+
+
 def test_an_events_batch_keeps_the_latest_samples() -> None:
     fleet = FleetState(stale_after=60)
     samples = [wire.Sample("outpost_load1", 2.0)]
