@@ -23,6 +23,8 @@ COLLECTOR_FAMILIES: dict[str, str] = {
     "outpost_agent_lost_messages_total": "counter",
     "outpost_agent_dropped_messages_total": "counter",
     "outpost_agent_duplicate_messages_total": "counter",
+    "outpost_agent_rate_limited_messages_total": "counter",
+    "outpost_host_samples_refused_total": "counter",
     "outpost_site_info": "gauge",
     "outpost_site_reachable": "gauge",
     "outpost_site_coverage": "gauge",
@@ -55,6 +57,7 @@ ALERTING_FAMILIES: dict[str, str] = {
     "outpost_alert_evaluation_failures_total": "counter",
     "outpost_alert_evaluation_duration_seconds": "gauge",
     "outpost_alert_events_dropped_total": "counter",
+    "outpost_api_requests_refused_total": "counter",
 }
 
 _ALERTING_HELP = {
@@ -66,6 +69,8 @@ _ALERTING_HELP = {
     "outpost_alert_evaluation_duration_seconds": "How long the last rule evaluation took.",
     "outpost_alert_events_dropped_total": "Events not seen by the rules because the queue "
     "to them was full.",
+    "outpost_api_requests_refused_total": "HTTP API requests refused for want of authority, "
+    "by reason.",
 }
 
 _COLLECTOR_HELP = {
@@ -87,6 +92,10 @@ _COLLECTOR_HELP = {
     "its outbox was full.",
     "outpost_agent_duplicate_messages_total": "Messages of the host's agent received again and "
     "ignored.",
+    "outpost_agent_rate_limited_messages_total": "Messages of the host's agent past its rate "
+    "limit: not applied, to be sent again.",
+    "outpost_host_samples_refused_total": "Samples of applied batches the collector did not "
+    "keep, by reason.",
     "outpost_site_info": "A site from sites.yaml with its names and coordinates, as labels.",
     "outpost_site_reachable": "1 when at least one of the site's agents is online.",
     "outpost_site_coverage": "1 for the site's coverage state: reachable, degraded, "
@@ -179,6 +188,11 @@ AGENT_SAMPLES: dict[str, str] = {
     "metrics were left to drop).",
     "outpost_agent_publish_failures_total": "Publishes the agent could not hand to the broker.",
     "outpost_agent_collection_duration_seconds": "How long the last collection cycle took.",
+    "outpost_agent_outbox_full": "1 while the disk holding the agent's outbox is full.",
+    "outpost_agent_outbox_full_episodes_total": "Disk-full episodes of the agent's outbox.",
+    "outpost_agent_outbox_write_failures_total": "Cycles the agent could not store at all.",
+    "outpost_agent_unclean_restarts_total": "Agent starts after a stop that was not asked for.",
+    "outpost_agent_missed_cycles_total": "Collection cycles the agent missed through those stops.",
 }
 
 CATALOGUE: dict[str, str] = {**_COLLECTOR_HELP, **_ALERTING_HELP, **AGENT_SAMPLES}

@@ -26,6 +26,12 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     max_samples: Annotated[int, msgspec.Meta(ge=1)] = 5000
     max_events: Annotated[int, msgspec.Meta(ge=1)] = 500
     max_labels: Annotated[int, msgspec.Meta(ge=1, le=64)] = 16
+    # Per sender (the site/host of the topic); docs/protocol.md, "Limits per sender".
+    sender_rate_per_second: Annotated[float, msgspec.Meta(ge=0, le=1_000_000)] = 50.0
+    sender_burst: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 2000
+    max_devices_per_agent: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 256
+    max_series_per_host: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 10_000
+    max_seq_jump: Annotated[int, msgspec.Meta(ge=1000, le=2**62)] = 10_000_000
 
 
 class EventsConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

@@ -15,17 +15,21 @@ from typing import Any
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from collector.catalogue import CATALOGUE, COLLECTOR_FAMILIES
+from collector.catalogue import ALERTING_FAMILIES, CATALOGUE, COLLECTOR_FAMILIES
 from collector.coverage import STATES as COVERAGE_STATES
 from collector.coverage import site_coverage
 from collector.events import is_security
-from collector.ingest import Ingest
+from collector.ingest import ALL_RESULTS, Ingest
 from collector.state import OUTAGE_KINDS, SKEW_FRESH_SECONDS, HostView, SiteOutages
 from outpost import __version__
 
 __all__ = ["FleetCollector"]
 
 HOST_STATES = ("online", "lost", "shutdown", "stale", "unreachable", "never_reported")
+# Agent samples never take a name another collector of the registry exports (a second family
+# of the same name makes the whole exposition invalid): the alert engine's, and
+# prometheus-client's process_* (and python_*) series.
+RESERVED_PREFIXES = ("process_", "python_")
 
 
 def _family(name: str, kind: str) -> Metric:
@@ -61,11 +65,13 @@ class FleetCollector(Collector):
             meta = {
                 "messages": dict(self.ingest.messages),
                 "invalid": dict(self.ingest.invalid),
+                "rate_limited": dict(self.ingest.rate_limited),
+                "refused": dict(state.refused),
                 "lost": state.lost_total,
                 "dropped": state.dropped_total,
                 "tracks": {
-                    aid: (t.highest, t.lost, t.dropped, t.duplicates)
-                    for aid, t in state.tracks.items()
+                    key: (t.highest, t.lost, t.dropped, t.duplicates)
+                    for key, t in state.tracks.items()
                 },
                 "sites": state.sites(),
                 "outages": {
@@ -106,7 +112,7 @@ class FleetCollector(Collector):
                 {**hl, "agent_id": view.host_state.agent_id, "boot_id": view.host_state.boot_id},
                 1.0,
             )
-            track = meta["tracks"].get(view.host_state.agent_id)
+            track = meta["tracks"].get((view.site, view.host, view.host_state.agent_id))
             if track is not None:
                 highest, lost, dropped, duplicates = track
                 add("outpost_agent_last_seq", hl, float(highest))
@@ -157,7 +163,20 @@ class FleetCollector(Collector):
                 1.0,
             )
 
-        for result, count in sorted(meta["messages"].items()):
+        for (site, host), count in sorted(meta["rate_limited"].items()):
+            add(
+                "outpost_agent_rate_limited_messages_total",
+                {"site": site, "host": host},
+                float(count),
+            )
+        for (site, host, reason), count in sorted(meta["refused"].items()):
+            add(
+                "outpost_host_samples_refused_total",
+                {"site": site, "host": host, "reason": reason},
+                float(count),
+            )
+        messages = {**dict.fromkeys(ALL_RESULTS, 0), **meta["messages"]}
+        for result, count in sorted(messages.items()):
             add("outpost_collector_messages_total", {"result": result}, float(count))
         for reason, count in sorted(meta["invalid"].items()):
             add("outpost_collector_invalid_messages_total", {"reason": reason}, float(count))
@@ -174,9 +193,11 @@ class FleetCollector(Collector):
         self, hosts: list[tuple[HostView, list[Any], Any, float]], taken: set[str]
     ) -> Iterator[Metric]:
         """Every online host's latest samples, with site and host added. A name that collides
-        with a collector family, or a series reported twice, is skipped."""
+        with a collector family (ours, the alert engine's, process_* or python_*), or a series
+        reported twice, is skipped."""
         families: dict[str, Metric] = {}
         seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+        taken = taken | set(ALERTING_FAMILIES)
         blocked = {m[:-6] if m.endswith("_total") else m for m in taken} | taken
         for view, samples, _events, _last in hosts:
             if not view.up:
@@ -185,7 +206,7 @@ class FleetCollector(Collector):
                 name = s.name
                 kind = "counter" if name.endswith("_total") else "gauge"
                 base = name[:-6] if kind == "counter" else name
-                if base in blocked or name in blocked:
+                if base in blocked or name in blocked or name.startswith(RESERVED_PREFIXES):
                     continue
                 metric = families.get(base)
                 if metric is None:

@@ -4,13 +4,18 @@ No paho and no sockets here: collector/mqtt.py hands over (topic, payload) and p
 acks this module asks for. A bad message is counted by reason and logged at most once per
 sender per minute; it never raises. When a refused message still names its agent and seq
 (and matches its topic), that seq is settled anyway, so the agent stops resending it.
+
+Each sender (the site and host of the topic) has a token bucket for its metrics and events
+messages, checked before anything is decoded: a message past it is counted as
+``rate_limited`` and neither applied nor settled, so a well-behaved agent sends it again
+later and nothing is lost.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
@@ -18,18 +23,57 @@ import msgspec
 
 from collector.events import HostEvent
 from collector.outages import Outage
-from collector.state import FleetState
+from collector.state import MAX_AGENTS_PER_SENDER, FleetState, TrackKey, batch_key
 from outpost import wire
 
-__all__ = ["RESULTS", "Ingest", "Pending"]
+__all__ = ["ALL_RESULTS", "RATE_LIMITED", "RESULTS", "Ingest", "Pending", "SenderBuckets"]
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
 RESULTS = ("accepted", "duplicate", "invalid")
+RATE_LIMITED = "rate_limited"
+ALL_RESULTS = (*RESULTS, RATE_LIMITED)
 _LOG_EVERY = 60.0
 _MAX_LOG_SENDERS = 10_000
+# Senders with a token bucket (and with a rate-limited counter of their own); past it the
+# least recently seen is forgotten (it gets a full bucket if it comes back).
+MAX_SENDERS = 10_000
+# Refusals that must not settle the seq they name.
+_UNSETTLED = frozenset({"oversized", "seq_jump"})
+
+
+class SenderBuckets:
+    """Token buckets per sender, bounded in number. Time is passed in (seconds); a clock
+    that steps back refills nothing."""
+
+    def __init__(self, max_senders: int = MAX_SENDERS) -> None:
+        self.max_senders = max_senders
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()  # sender -> [tokens, at]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, sender: str, now: float, rate: float, burst: int) -> bool:
+        """Take one token for ``sender``; False when its bucket is empty. ``rate`` 0: no
+        limit."""
+        if rate <= 0:
+            return True
+        bucket = self._buckets.get(sender)
+        if bucket is None:
+            if len(self._buckets) >= self.max_senders:
+                self._buckets.popitem(last=False)
+            bucket = self._buckets[sender] = [float(burst), now]
+        else:
+            self._buckets.move_to_end(sender)
+            elapsed = max(0.0, now - bucket[1])
+            bucket[0] = min(float(burst), bucket[0] + elapsed * rate)  # the burst may be lower
+            bucket[1] = now
+        if bucket[0] < 1.0:
+            return False
+        bucket[0] -= 1.0
+        return True
 
 
 class _Envelope(msgspec.Struct):
@@ -63,7 +107,11 @@ class Ingest:
         self.lock = threading.Lock()
         self.messages: Counter[str] = Counter({r: 0 for r in RESULTS})
         self.invalid: Counter[str] = Counter()
-        self._dirty: dict[str, tuple[str, str]] = {}
+        self.buckets = SenderBuckets()
+        # Rate-limited messages per sender (site, host), for at most MAX_SENDERS senders; all
+        # of them are in messages["rate_limited"].
+        self.rate_limited: Counter[tuple[str, str]] = Counter()
+        self._dirty: dict[TrackKey, None] = {}  # the tracks owed an ack, in order
         self._logged: dict[str, float] = {}
         self._suppressed: Counter[str] = Counter()
         # Called (under the lock, on the MQTT thread) with each classified outage: the
@@ -77,7 +125,8 @@ class Ingest:
         self._counts_dirty: set[tuple[str, str]] = set()
 
     def handle(self, topic: str, payload: bytes, now: float) -> str:
-        """Apply one message; returns ``accepted``, ``duplicate`` or ``invalid``."""
+        """Apply one message; returns ``accepted``, ``duplicate``, ``invalid`` or
+        ``rate_limited``."""
         with self.lock:
             try:
                 return self._handle(topic, payload, now)
@@ -99,13 +148,24 @@ class Ingest:
             status = wire.decode_status(payload, parts, self.limits)
             self.state.apply_status(status, parts.site, parts.host, now)
             return self._count("accepted")
-        batch = wire.decode_batch(payload, parts, self.limits)
+        limits = self.limits
+        sender = f"{parts.site}/{parts.host}"
+        if not self.buckets.take(sender, now, limits.sender_rate_per_second, limits.sender_burst):
+            return self._limit(parts, sender, now)
+        batch = wire.decode_batch(payload, parts, limits)
         if (parts.kind == wire.METRICS and batch.events) or (
             parts.kind == wire.EVENTS and batch.samples
         ):
             raise wire.DecodeFailure("schema", f"{parts.kind} message carries the other kind")
-        applied = self.state.apply_batch(batch, now)
-        self._dirty[batch.agent_id] = (parts.site, parts.host)
+        if not self.state.admits_agent(parts.site, parts.host, batch.agent_id):
+            raise wire.DecodeFailure(
+                "limits", f"more than {MAX_AGENTS_PER_SENDER} new agent ids on this topic"
+            )
+        jump = self.state.seq_jump(batch, now, limits.max_seq_jump)
+        if jump:
+            raise wire.DecodeFailure("seq_jump", jump)
+        applied = self.state.apply_batch(batch, now, limits)
+        self._dirty[batch_key(batch)] = None
         for outage in applied.outages:
             log.info(
                 "%s/%s: %s outage of %.0f s reported", outage.site, outage.host, outage.kind,
@@ -139,21 +199,46 @@ class Ingest:
         self.messages[result] += 1
         return result
 
+    def _limit(self, parts: wire.TopicParts, sender: str, now: float) -> str:
+        """A message past its sender's rate: counted, not applied and not settled."""
+        key = (parts.site, parts.host)
+        if key in self.rate_limited or len(self.rate_limited) < MAX_SENDERS:
+            self.rate_limited[key] += 1
+        more = self._quiet(f"{sender} rate", now)
+        if more >= 0:
+            log.warning(
+                "%s sends more than %g messages a second (burst %d): not applied, to be sent "
+                "again%s",
+                sender,
+                self.limits.sender_rate_per_second,
+                self.limits.sender_burst,
+                f" ({more} more since the last report)" if more else "",
+            )
+        return self._count(RATE_LIMITED)
+
+    def _quiet(self, key: str, now: float) -> int:
+        """-1 when ``key`` was logged within the last minute (and count it as suppressed),
+        else how many were suppressed since it was last logged."""
+        last = self._logged.get(key)
+        if last is not None and now - last < _LOG_EVERY:
+            self._suppressed[key] += 1
+            return -1
+        if len(self._logged) >= _MAX_LOG_SENDERS:
+            self._logged.clear()
+            self._suppressed.clear()
+        self._logged[key] = now
+        return self._suppressed.pop(key, 0)
+
     def _refuse(self, topic: str, payload: bytes, exc: wire.DecodeFailure, now: float) -> None:
         self.messages["invalid"] += 1
         self.invalid[exc.reason] += 1
         parts = wire.parse_topic(self.prefix, topic)
         sender = f"{parts.site}/{parts.host}" if parts else "(other topics)"
-        if parts and parts.kind in (wire.METRICS, wire.EVENTS) and exc.reason != "oversized":
-            self._settle_refused(parts, payload)
-        last = self._logged.get(sender)
-        if last is not None and now - last < _LOG_EVERY:
-            self._suppressed[sender] += 1
+        if parts and parts.kind in (wire.METRICS, wire.EVENTS) and exc.reason not in _UNSETTLED:
+            self._settle_refused(parts, payload, now)
+        more = self._quiet(sender, now)
+        if more < 0:
             return
-        if len(self._logged) >= _MAX_LOG_SENDERS:
-            self._logged.clear()
-        self._logged[sender] = now
-        more = self._suppressed.pop(sender, 0)
         log.warning(
             "refused a message from %s on %r: %s%s",
             sender,
@@ -162,22 +247,28 @@ class Ingest:
             f" ({more} more refused since the last report)" if more else "",
         )
 
-    def _settle_refused(self, parts: wire.TopicParts, payload: bytes) -> None:
+    def _settle_refused(self, parts: wire.TopicParts, payload: bytes, now: float) -> None:
         try:
             env = _envelope_decoder.decode(payload)
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             return
-        if (env.site, env.host) != (parts.site, parts.host) or env.seq < 1:
+        if (env.site, env.host) != (parts.site, parts.host) or not 1 <= env.seq <= wire.MAX_SEQ:
             return
         if not env.agent_id or len(env.agent_id) > 64:
             return
-        self.state.settle_rejected(env.agent_id, env.seq)
-        self._dirty[env.agent_id] = (parts.site, parts.host)
+        if not self.state.admits_agent(parts.site, parts.host, env.agent_id):
+            return
+        key = (parts.site, parts.host, env.agent_id)
+        ceiling = self.state.seq_ceiling(key, now, self.limits.max_seq_jump)
+        if ceiling is not None and env.seq > ceiling:
+            return  # settling it would claim seqs the agent has not made yet
+        self.state.settle_rejected(key, env.seq)
+        self._dirty[key] = None
 
     def owe_ack(self, agent_id: str, site: str, host: str) -> None:
         """An ack that could not be published: send it with the next flush."""
         with self.lock:
-            self._dirty.setdefault(agent_id, (site, host))
+            self._dirty[(site, host, agent_id)] = None
 
     def take_acks(self) -> list[AckOwed]:
         """The acks owed since the last call (see ``take_pending``; events are discarded)."""
@@ -204,13 +295,14 @@ class Ingest:
             self._new_events[:0] = pending.events
             self._counts_dirty.update((site, host) for site, host, *_ in pending.counts)
             for site, host, ack, _data in pending.acks:
-                self._dirty.setdefault(ack.agent_id, (site, host))
+                self._dirty[(site, host, ack.agent_id)] = None
 
     def _take_acks(self) -> list[AckOwed]:
         dirty, self._dirty = self._dirty, {}
         out = []
-        for agent_id, (site, host) in dirty.items():
-            track = self.state.tracks.get(agent_id)
+        for key in dirty:
+            site, host, agent_id = key
+            track = self.state.tracks.get(key)
             if track is None:
                 continue
             out.append(

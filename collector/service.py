@@ -151,6 +151,11 @@ def _limits(config: CollectorConfig) -> wire.Limits:
         max_samples=config.limits.max_samples,
         max_events=config.limits.max_events,
         max_labels=config.limits.max_labels,
+        sender_rate_per_second=config.limits.sender_rate_per_second,
+        sender_burst=config.limits.sender_burst,
+        max_devices_per_agent=config.limits.max_devices_per_agent,
+        max_series_per_host=config.limits.max_series_per_host,
+        max_seq_jump=config.limits.max_seq_jump,
     )
 
 
@@ -202,8 +207,8 @@ class CollectorService:
         self.state = FleetState(config.stale_after_seconds, inventory, keep_events=keep)
         self.ingest = Ingest(self.state, _limits(config), config.broker.topic_prefix)
         self.store = Store(Path(config.state_dir) / "collector.sqlite", keep)
-        for agent_id, (_site, _host, track) in self.store.load_tracks().items():
-            self.state.tracks[agent_id] = track
+        for key, track in self.store.load_tracks().items():
+            self.state.tracks[key] = track
             self.state.lost_total += track.lost
             self.state.dropped_total += track.dropped
         self.state.event_log.load(self.store.load_events())

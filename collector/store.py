@@ -17,15 +17,17 @@ import msgspec
 
 from collector.events import HostEvent
 from collector.seqtrack import SeqTrack
+from collector.state import TrackKey
 
 __all__ = ["Store"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tracks (
-    agent_id TEXT PRIMARY KEY,
     site TEXT NOT NULL,
     host TEXT NOT NULL,
-    data BLOB NOT NULL
+    agent_id TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (site, host, agent_id)
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -54,16 +56,38 @@ class Store:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._migrate()
         self._db.executescript(_SCHEMA)
         self._decoder = msgspec.json.Decoder(SeqTrack)
         self._event_decoder = msgspec.json.Decoder(HostEvent)
 
-    def load_tracks(self) -> dict[str, tuple[str, str, SeqTrack]]:
+    def _migrate(self) -> None:
+        """Tracks were keyed by agent_id alone before they were bound to their topic's site
+        and host: move them to the new key, in one transaction."""
+        cols = self._db.execute("PRAGMA table_info(tracks)").fetchall()
+        if not any(name == "agent_id" and pk == 1 for _cid, name, _t, _nn, _d, pk in cols):
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("ALTER TABLE tracks RENAME TO tracks_by_agent")
+            self._db.execute(_SCHEMA.split(";", 1)[0])
+            self._db.execute(
+                "INSERT INTO tracks (site, host, agent_id, data) "
+                "SELECT site, host, agent_id, data FROM tracks_by_agent"
+            )
+            self._db.execute("DROP TABLE tracks_by_agent")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def load_tracks(self) -> dict[TrackKey, SeqTrack]:
+        """The stored seq tracks by (site, host, agent_id)."""
         out = {}
-        for agent_id, site, host, data in self._db.execute(
-            "SELECT agent_id, site, host, data FROM tracks"
+        for site, host, agent_id, data in self._db.execute(
+            "SELECT site, host, agent_id, data FROM tracks"
         ):
-            out[str(agent_id)] = (str(site), str(host), self._decoder.decode(data))
+            out[(str(site), str(host), str(agent_id))] = self._decoder.decode(data)
         return out
 
     def load_events(self) -> list[HostEvent]:
@@ -103,8 +127,7 @@ class Store:
         try:
             self._db.executemany(
                 "INSERT INTO tracks (agent_id, site, host, data) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (agent_id) DO UPDATE SET site = excluded.site, "
-                "host = excluded.host, data = excluded.data",
+                "ON CONFLICT (site, host, agent_id) DO UPDATE SET data = excluded.data",
                 tracks,
             )
             self._db.executemany(

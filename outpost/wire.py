@@ -19,6 +19,7 @@ __all__ = [
     "DEVICE_UP",
     "EVENTS",
     "EVENT_KIND_RE",
+    "MAX_SEQ",
     "METRICS",
     "SCHEMA_VERSION",
     "SLUG_RE",
@@ -180,8 +181,19 @@ class Ack(msgspec.Struct, omit_defaults=True):
 # --- limits and validation ----------------------------------------------------------------
 
 
+# Seqs are 64-bit signed integers (SQLite's INTEGER): a larger one is refused, not wrapped.
+MAX_SEQ = 2**63 - 1
+
+
 class Limits(msgspec.Struct, frozen=True):
-    """What the collector accepts. The agent keeps under the same limits."""
+    """What the collector accepts. The agent keeps under the same limits.
+
+    The first seven bound one message. The rest bound what one sender can make the collector
+    do or keep (docs/protocol.md, "Limits per sender"): messages per second on its metrics
+    and events topics (a token bucket of ``sender_burst`` tokens refilled at
+    ``sender_rate_per_second``; 0 turns it off), devices one agent may report for, series
+    kept per host, and how far above the seqs already settled for an agent a new seq may be.
+    """
 
     max_payload_bytes: int = 256 * 1024
     max_samples: int = 5000
@@ -190,6 +202,11 @@ class Limits(msgspec.Struct, frozen=True):
     max_name_len: int = 128
     max_text_len: int = 2048
     max_ranges: int = 1000
+    sender_rate_per_second: float = 50.0
+    sender_burst: int = 2000
+    max_devices_per_agent: int = 256
+    max_series_per_host: int = 10_000
+    max_seq_jump: int = 10_000_000
 
 
 class DecodeFailure(Exception):
@@ -259,7 +276,7 @@ def _check_ranges(ranges: Iterable[tuple[int, int]], limits: Limits, what: str) 
     count = 0
     for lo, hi in ranges:
         count += 1
-        if lo < 1 or hi < lo:
+        if lo < 1 or hi < lo or hi > MAX_SEQ:
             raise DecodeFailure("schema", f"{what}: bad range [{lo}, {hi}]")
     if count > limits.max_ranges:
         raise DecodeFailure("limits", f"{what}: more than {limits.max_ranges} ranges")
@@ -267,6 +284,7 @@ def _check_ranges(ranges: Iterable[tuple[int, int]], limits: Limits, what: str) 
 
 _MEMO_LIMIT = 100_000
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+MAX_INTERVAL_SECONDS = 86_400.0  # the agent's own bound on interval_seconds
 _GOOD_NAMES: set[str] = set()
 _GOOD_LABELS: set[str] = set()
 _GOOD_KINDS: set[str] = set()
@@ -306,12 +324,14 @@ def decode_batch(payload: bytes, expect: TopicParts | None, limits: Limits) -> B
     if not batch.agent_id or len(batch.agent_id) > 64:
         raise DecodeFailure("schema", "agent_id must be 1 to 64 characters")
     _check_text(batch.boot_id, 64, "boot_id")
-    if batch.seq < 1:
-        raise DecodeFailure("schema", f"seq must be >= 1, got {batch.seq}")
+    if not 1 <= batch.seq <= MAX_SEQ:
+        raise DecodeFailure("schema", f"seq must be 1 to {MAX_SEQ}, got {batch.seq}")
     if batch.outbox_low < 0 or batch.outbox_low > batch.seq:
         raise DecodeFailure("schema", f"outbox_low {batch.outbox_low} outside 0..seq")
-    if not math.isfinite(batch.interval) or batch.interval < 0:
-        raise DecodeFailure("value", "interval must be a finite number >= 0")
+    if not 0 <= batch.ts <= MAX_TS_MS:
+        raise DecodeFailure("value", f"ts {batch.ts} out of range 0..{MAX_TS_MS}")
+    if not math.isfinite(batch.interval) or not 0 <= batch.interval <= MAX_INTERVAL_SECONDS:
+        raise DecodeFailure("value", f"interval must be a number from 0 to {MAX_INTERVAL_SECONDS}")
     _check_ranges(batch.dropped, limits, "dropped")
     if len(batch.samples) > limits.max_samples:
         raise DecodeFailure("limits", f"{len(batch.samples)} samples, limit {limits.max_samples}")
@@ -321,6 +341,8 @@ def decode_batch(payload: bytes, expect: TopicParts | None, limits: Limits) -> B
     for sample in batch.samples:
         if sample.name not in _GOOD_NAMES:
             _check_metric_name(sample.name)
+        if sample.ts is not None and not 0 <= sample.ts <= MAX_TS_MS:
+            raise DecodeFailure("value", f"{sample.name}: ts {sample.ts} out of range")
         if sample.labels:
             if len(sample.labels) > max_labels:
                 raise DecodeFailure(
@@ -359,8 +381,8 @@ def decode_ack(payload: bytes, limits: Limits) -> Ack:
     ack: Ack = _decode(_ack_decoder, payload, limits)
     if ack.v != SCHEMA_VERSION:
         raise DecodeFailure("version", f"schema version {ack.v}, expected {SCHEMA_VERSION}")
-    if ack.upto < 0:
-        raise DecodeFailure("schema", "upto must be >= 0")
+    if not 0 <= ack.upto <= MAX_SEQ:
+        raise DecodeFailure("schema", f"upto must be 0 to {MAX_SEQ}")
     _check_ranges(ack.ranges, limits, "ranges")
     return ack
 

@@ -132,7 +132,7 @@ def test_store_round_trip_prunes_per_host(tmp_path: Path, ingest: Ingest) -> Non
         ("s1", "h1", "sudo", "info", 5),
         ("s1", "h2", "su", "info", 1),
     ]
-    assert set(store.load_tracks()) == {"agent-h1", "agent-h2"}
+    assert {aid for _s, _h, aid in store.load_tracks()} == {"agent-h1", "agent-h2"}
 
     # A new run: ids go on after the stored ones, and counters resume when the host reports.
     fresh = Ingest(FleetState(stale_after=60), wire.Limits())
@@ -186,3 +186,28 @@ def test_event_query_parses_and_explains() -> None:
     ]:
         with pytest.raises(QueryError, match=word):
             EventQuery(bad)
+
+
+def test_store_moves_tracks_keyed_by_agent_id_alone_to_their_topic(tmp_path: Path) -> None:
+    """A collector.sqlite from before tracks were bound to their topic opens with its tracks
+    under (site, host, agent_id), and a second open changes nothing."""
+    import sqlite3
+
+    from collector.seqtrack import SeqTrack
+
+    path = tmp_path / "collector.sqlite"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE tracks (agent_id TEXT PRIMARY KEY, site TEXT NOT NULL, "
+        "host TEXT NOT NULL, data BLOB NOT NULL)"
+    )
+    track = SeqTrack(upto=7, highest=9, above=[(9, 9)])
+    db.execute("INSERT INTO tracks VALUES ('a1', 's1', 'h1', ?)", (wire.encode(track),))
+    db.commit()
+    db.close()
+    for _ in range(2):
+        store = Store(path, 10)
+        assert store.load_tracks()[("s1", "h1", "a1")] == track
+        store.save([("a1", "s1", "h2", wire.encode(SeqTrack(upto=1, highest=1)))], [], [])
+        assert len(store.load_tracks()) == 2
+        store.close()

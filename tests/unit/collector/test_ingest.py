@@ -96,8 +96,8 @@ def test_a_refused_message_with_a_readable_envelope_is_settled(ingest: Ingest) -
     assert acks(ingest) == {"agent-1": ("s1", "h1", 2, [])}
     # The agent resends it before seeing the ack: refused again, settled once.
     assert ingest.handle(METRICS, bad_value, T0) == "invalid"
-    assert ingest.state.tracks["agent-1"].upto == 2
-    assert ingest.state.tracks["agent-1"].duplicates == 1
+    assert ingest.state.track("agent-1").upto == 2
+    assert ingest.state.track("agent-1").duplicates == 1
 
 
 def test_a_refused_message_from_an_unknown_agent_is_settled(ingest: Ingest) -> None:
@@ -169,7 +169,7 @@ def test_take_acks_one_per_agent_then_clears(ingest: Ingest) -> None:
     site, host, ack, raw = by_agent["agent-1"]
     assert (site, host) == ("s1", "h1")
     assert ack == wire.Ack(v=1, agent_id="agent-1", upto=1, ranges=[(3, 3), (5, 5)])
-    assert msgspec.json.decode(raw, type=SeqTrack) == ingest.state.tracks["agent-1"]
+    assert msgspec.json.decode(raw, type=SeqTrack) == ingest.state.track("agent-1")
     assert by_agent["b"][:3] == ("s2", "h2", wire.Ack(v=1, agent_id="b", upto=9))
     # The ack round-trips through the wire decoder the agent uses.
     assert wire.decode_ack(wire.encode(ack), wire.Limits()) == ack

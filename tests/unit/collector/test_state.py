@@ -203,7 +203,7 @@ def test_duplicates_change_nothing() -> None:
     assert fleet.apply_batch(batch(1, samples=[wire.Sample("a", 9.0)]), T0 + 5) == Applied(False)
     state = fleet.hosts["s1", "h1"]
     assert (state.samples[0].value, state.last_seen) == (1.0, T0)
-    assert fleet.tracks["agent-1"].duplicates == 1
+    assert fleet.track("agent-1").duplicates == 1
 
 
 def test_drops_and_losses_are_totalled() -> None:
@@ -211,17 +211,17 @@ def test_drops_and_losses_are_totalled() -> None:
     fleet.apply_batch(batch(1), T0)
     assert fleet.apply_batch(batch(6, outbox_low=6, dropped=[(2, 3)]), T0) == Applied(True, 2, 2)
     assert (fleet.dropped_total, fleet.lost_total) == (2, 2)
-    assert fleet.tracks["agent-1"].upto == 6
+    assert fleet.track("agent-1").upto == 6
 
 
 def test_settle_rejected() -> None:
     fleet = FleetState(stale_after=60)
-    assert fleet.settle_rejected("agent-1", 4)
-    assert not fleet.settle_rejected("agent-1", 4)
+    assert fleet.settle_rejected(("s1", "h1", "agent-1"), 4)
+    assert not fleet.settle_rejected(("s1", "h1", "agent-1"), 4)
     # The refused seq is settled: the same seq arriving again is a duplicate.
     assert fleet.apply_batch(batch(4), T0) == Applied(False)
     assert fleet.apply_batch(batch(5), T0).new
-    assert fleet.tracks["agent-1"].upto == 5
+    assert fleet.track("agent-1").upto == 5
     assert fleet.hosts["s1", "h1"].agent_id == "agent-1"
 
 
@@ -231,5 +231,5 @@ def test_a_new_agent_id_for_a_host_is_tracked_separately() -> None:
     fleet.apply_batch(batch(1, agent_id="new"), T0 + 1)  # reinstalled: seq starts again
     view = only_view(fleet, T0 + 1)
     assert view.host_state.agent_id == "new"
-    assert view.track is fleet.tracks["new"]
-    assert fleet.tracks["old"].upto == 7
+    assert view.track is fleet.track("new")
+    assert fleet.track("old").upto == 7
