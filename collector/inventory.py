@@ -40,5 +40,14 @@ class Site(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 class Inventory(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     sites: list[Site] = msgspec.field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        first: dict[str, int] = {}
+        for index, site in enumerate(self.sites):
+            if site.id in first:  # two sites' series would collide on every scrape
+                raise ValueError(
+                    f"sites[{index}].id: {site.id!r} is already the id of sites[{first[site.id]}]"
+                )
+            first[site.id] = index
+
     def expected_hosts(self) -> set[tuple[str, str]]:
         return {(site.id, host) for site in self.sites for host in site.hosts}

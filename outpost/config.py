@@ -26,7 +26,9 @@ import msgspec
 import msgspec.inspect as mi
 import yaml
 
+from outpost.connection import BROKER_URL_PATTERN
 from outpost.errors import OutpostError
+from outpost.wire import SLUG_RE
 
 __all__ = [
     "COMMAND_LINE",
@@ -53,6 +55,11 @@ _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _PATH_STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 _FOLLOWABLE = re.compile(r"(?:[^.\[\]]+|\[\d+\])?(?:\.[^.\[\]]+|\[\d+\])*")
+# Patterns said in words: a user should not have to read a regular expression.
+_PATTERN_WORDS = {
+    SLUG_RE.pattern: "a slug: 1 to 63 lower-case letters, digits or '-', not starting with '-'",
+    BROKER_URL_PATTERN: "mqtt://HOST:PORT, or mqtts://HOST:PORT for TLS",
+}
 
 
 class Problem(msgspec.Struct, frozen=True):
@@ -68,7 +75,8 @@ class Problem(msgspec.Struct, frozen=True):
     """What would have been accepted: ``an integer >= 1``, ``one of 'text', 'json'``."""
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.path}: found {self.found}, expected {self.expected}"
+        where = f"{self.path}: " if self.path else ""  # "": the file as a whole
+        return f"{self.file}: {where}found {self.found}, expected {self.expected}"
 
 
 class ConfigError(OutpostError):
@@ -233,13 +241,14 @@ def _describe(t: mi.Type, plural: bool = False) -> str:
     if isinstance(t, mi.FloatType):
         return noun("a number", "numbers") + _bounds(t)
     if isinstance(t, mi.StrType):
+        words = _PATTERN_WORDS.get(t.pattern or "") if not plural else None
         text = _sized("string", "strings", plural, t)
         count = _count(t.min_length, t.max_length)
         if count:
             text += f" of {count}characters"
         if t.pattern is not None:
             text += f" matching {t.pattern}"
-        return text
+        return f"{words} ({text})" if words else text
     if isinstance(t, mi.LiteralType | mi.EnumType):
         values = _choices(t)
         if len(values) == 1:

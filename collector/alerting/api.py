@@ -17,6 +17,11 @@ acknowledges nothing.
 | POST /api/v1/silences | {"site"/"host"/"rule", "end" or "minutes", "reason", "by"} |
 | DELETE /api/v1/silences/<id> | remove a silence |
 | POST /api/v1/alerts/test | {"route": "..."}: a test message to the route's first step |
+
+Every request refused for want of authority is counted by reason (``REFUSED_REASONS``), for
+``outpost_api_requests_refused_total``: ``no_token`` (no bearer token), ``wrong_token``,
+``writes_off`` (no ``api_token_file`` configured) and ``bad_link`` (an acknowledge link that
+is forged, altered, expired or not configured, shown or pressed).
 """
 
 from __future__ import annotations
@@ -32,13 +37,14 @@ from urllib.parse import parse_qs
 from collector.alerting.links import LinkError
 from collector.alerting.service import AlertService
 
-__all__ = ["MAX_BODY", "Reply", "handle"]
+__all__ = ["MAX_BODY", "REFUSED_REASONS", "Reply", "handle"]
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
 JSON = "application/json; charset=utf-8"
 HTML = "text/html; charset=utf-8"
+REFUSED_REASONS = ("no_token", "wrong_token", "writes_off", "bad_link")
 
 
 class Reply(NamedTuple):
@@ -48,9 +54,15 @@ class Reply(NamedTuple):
 
 
 class _Refused(Exception):
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, reason: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.reason = reason  # one of REFUSED_REASONS when authority was missing
+
+
+def _count_refused(service: AlertService, reason: str) -> None:
+    with service.lock:
+        service.api_refused[reason] += 1
 
 
 def _json(code: int, obj: Any) -> Reply:
@@ -68,6 +80,8 @@ def handle(
     try:
         return _route(service, method, path, query, headers, body)
     except _Refused as exc:
+        if exc.reason:
+            _count_refused(service, exc.reason)
         return _json(exc.code, {"error": str(exc)})
     except (ValueError, KeyError) as exc:
         return _json(400, {"error": str(exc).strip("'\"")[:300]})
@@ -120,13 +134,16 @@ def _route(
 
 def _authorise(service: AlertService, headers: Any) -> None:
     if not service.token:
-        raise _Refused(403, "write access is off: set alerting.api_token_file in collector.yaml")
+        raise _Refused(
+            403, "write access is off: set alerting.api_token_file in collector.yaml", "writes_off"
+        )
     given = str(headers.get("Authorization", ""))
     scheme, _, token = given.partition(" ")
+    reason = "wrong_token" if given.strip() else "no_token"
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         token.strip().encode(), service.token.encode()
     ):
-        raise _Refused(401, "a valid 'Authorization: Bearer <token>' header is required")
+        raise _Refused(401, "a valid 'Authorization: Bearer <token>' header is required", reason)
 
 
 def _body(body: bytes) -> dict[str, Any]:
@@ -198,6 +215,7 @@ def _link(service: AlertService, method: str, params: dict[str, str], body: byte
                 raise LinkError("signature", "acknowledge links are not configured")
             keys = verify(service.link_secret, token, service.clock())
         except LinkError as exc:
+            _count_refused(service, "bad_link")
             return _page(400, _link_error(exc))
         alerts = {a["key"]: a for a in service.alerts_json()}
         rows = "".join(
@@ -219,6 +237,7 @@ def _link(service: AlertService, method: str, params: dict[str, str], body: byte
     try:
         done = service.ack_token(token, by)
     except LinkError as exc:
+        _count_refused(service, "bad_link")
         return _page(400, _link_error(exc))
     log.info("acknowledged through a link by %s: %s", by, ", ".join(done) or "nothing new")
     return _page(

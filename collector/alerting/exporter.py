@@ -1,6 +1,6 @@
 """/metrics for alerting: notifications by notifier and result, alerts by state, the firing
-ones by rule and site, and the evaluation loop's health. Rendered at scrape time from the
-alert service's counters; names and meanings are in docs/metrics.md."""
+ones by rule and site, the evaluation loop's health, and the API requests refused. Rendered at
+scrape time from the alert service's counters; names and meanings are in docs/metrics.md."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from collector.alerting.api import REFUSED_REASONS
 from collector.alerting.delivery import RESULTS
 from collector.alerting.model import SEVERITIES
 from collector.alerting.service import AlertService
@@ -55,4 +56,12 @@ class AlertsCollector(Collector):
             ("outpost_alert_events_dropped_total", "events_dropped"),
         ):
             fam[name].add_sample(name, {}, float(m[key]))
+        with self.service.lock:
+            refused = dict(self.service.api_refused)
+        for reason in REFUSED_REASONS:  # every reason, 0 included, so rate() sees the first
+            fam["outpost_api_requests_refused_total"].add_sample(
+                "outpost_api_requests_refused_total",
+                {"reason": reason},
+                float(refused.get(reason, 0)),
+            )
         yield from fam.values()

@@ -130,6 +130,8 @@ class AlertService:
         self._events: deque[HostEvent] = deque(maxlen=MAX_QUEUED_EVENTS)
         self._events_lock = threading.Lock()
         self.events_dropped = 0
+        # Requests the HTTP API refused for want of authority, by reason (alerting/api.py).
+        self.api_refused: Counter[str] = Counter()
         self.evaluations = 0
         self.evaluation_failures = 0
         self.last_evaluation_seconds = 0.0
