@@ -16,6 +16,7 @@ from outpost import wire
 from outpost.wire import Event, Sample
 
 __all__ = [
+    "AgentHealth",
     "CycleResult",
     "Identity",
     "build_batch",
@@ -33,6 +34,14 @@ class Identity(NamedTuple):
     host: str
     agent_id: str
     boot_id: str
+
+
+class AgentHealth(NamedTuple):
+    """The agent's fault counters beside its outbox's."""
+
+    write_failures: int = 0  # writes to the outbox that failed (since the agent started)
+    unclean_restarts: int = 0  # starts after a stop that was not asked for (kept)
+    missed_cycles: int = 0  # collection cycles those stops cost (kept)
 
 
 class CycleResult(NamedTuple):
@@ -68,9 +77,12 @@ def collect(sources: list[Source], now: float) -> CycleResult:
     return CycleResult(samples, events, time.perf_counter() - started, devices)
 
 
-def self_samples(stats: OutboxStats, publish_failures: int, duration: float) -> list[Sample]:
-    """The agent's own health, reported in every metrics batch."""
-    return [
+def self_samples(
+    stats: OutboxStats, publish_failures: int, duration: float, health: AgentHealth | None = None
+) -> list[Sample]:
+    """The agent's own health, reported in every metrics batch; with ``health``, the disk-full
+    state of the outbox and the fault counters too."""
+    out = [
         Sample("outpost_agent_outbox_rows", float(stats.rows)),
         Sample("outpost_agent_outbox_bytes", float(stats.bytes)),
         Sample("outpost_agent_outbox_dropped_total", float(stats.dropped_total)),
@@ -78,6 +90,15 @@ def self_samples(stats: OutboxStats, publish_failures: int, duration: float) -> 
         Sample("outpost_agent_publish_failures_total", float(publish_failures)),
         Sample("outpost_agent_collection_duration_seconds", duration),
     ]
+    if health is not None:
+        out += [
+            Sample("outpost_agent_outbox_full", 1.0 if stats.full else 0.0),
+            Sample("outpost_agent_outbox_full_episodes_total", float(stats.full_episodes_total)),
+            Sample("outpost_agent_outbox_write_failures_total", float(health.write_failures)),
+            Sample("outpost_agent_unclean_restarts_total", float(health.unclean_restarts)),
+            Sample("outpost_agent_missed_cycles_total", float(health.missed_cycles)),
+        ]
+    return out
 
 
 def build_batch(

@@ -23,7 +23,14 @@ import time
 from pathlib import Path
 
 from agent.config import AgentConfig
-from agent.cycle import Identity, collect, encode_batches, self_samples, with_delivery_state
+from agent.cycle import (
+    AgentHealth,
+    Identity,
+    collect,
+    encode_batches,
+    self_samples,
+    with_delivery_state,
+)
 from agent.outage import OutageTracker
 from agent.outbox import Outbox
 from agent.publisher import Publisher, SessionEvent
@@ -34,7 +41,7 @@ from outpost.errors import OutpostError
 from outpost.runtime import Reload, changed_keys
 from outpost.wire import DEVICE_UP, Event, Sample
 
-__all__ = ["RESTART_KEYS", "Agent", "read_boot_id"]
+__all__ = ["RESTART_KEYS", "Agent", "read_boot_id", "read_uptime"]
 
 RESTART_KEYS = ("site", "host", "state_dir")
 """What a reload cannot change: the identity the outbox and the collector know the agent by,
@@ -69,6 +76,16 @@ def read_boot_id() -> str:
         return str(int(psutil.boot_time()))
 
 
+def read_uptime() -> float | None:
+    """Seconds since boot, on a clock nobody sets (suspend included); None where there is
+    none. Measures how long the agent was down when the wall clock may have been set
+    meanwhile."""
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):
+        return None
+
+
 class Agent:
     def __init__(self, config: AgentConfig, sources: list[Source] | None = None) -> None:
         self.config = config
@@ -76,6 +93,7 @@ class Agent:
         self.limits = wire.Limits()
         self.publish_failures = 0
         self.write_failures = 0
+        self._write_failure_logged = False  # during the current disk-full episode
         self._events: queue.Queue[SessionEvent] = queue.Queue()
         self._inflight: dict[int, float] = {}
         self._current_from = 0
@@ -106,7 +124,16 @@ class Agent:
             OutageTracker.restore((self.outbox.read_meta("outage") or "").encode()),
             cfg.outage_report_min_seconds,
         )
-        self.outages.start(time.time(), self.who.boot_id, cfg.interval_seconds)
+        missed = self.outages.start(
+            time.time(), self.who.boot_id, cfg.interval_seconds, read_uptime()
+        )
+        if missed is not None:
+            log.warning(
+                "the agent was not stopped cleanly (killed, crashed, or the power went): "
+                "%d collection cycles missed; %d such restarts so far",
+                missed,
+                self.outages.state.unclean_restarts,
+            )
         self._restore_sources()
         self._write([], time.time())
         self._restart_delivery()
@@ -283,10 +310,12 @@ class Agent:
     def cycle(self, now: float) -> None:
         """Collect once and store the messages, with the outage state, in one transaction."""
         result = collect(self.sources, now)
-        self.outages.cycle(now, result.samples)
+        self.outages.cycle(now, result.samples, read_uptime())
         ts_ms = int(now * 1000)
+        st = self.outages.state
+        health = AgentHealth(self.write_failures, st.unclean_restarts, st.missed_cycles)
         samples = result.samples + self_samples(
-            self.outbox.stats(), self.publish_failures, result.duration
+            self.outbox.stats(), self.publish_failures, result.duration, health
         )
         rows = self._encode([], wire.METRICS, samples, ts_ms)
         self._encode(rows, wire.EVENTS, result.events, ts_ms)
@@ -314,8 +343,10 @@ class Agent:
 
     def _write(self, rows: list[tuple[str, bytes]], now: float) -> None:
         """Store rows, the outage state and the sources' positions together. A failure is
-        logged and counted, and the sources go back to their last stored position, so what
-        they read is read again next cycle."""
+        logged (once per disk-full episode) and counted, and the sources go back to their
+        last stored position, so what they read is read again next cycle. On a full disk the
+        outbox makes room by dropping metrics first (outbox.py); a failure here means the
+        cycle did not fit even so."""
         meta = {"outage": self.outages.snapshot().decode()}
         changed = self._source_states()
         meta.update({_meta_key(name): text for name, text in changed.items()})
@@ -323,11 +354,22 @@ class Agent:
             self.outbox.add_many(rows, now, meta)
         except sqlite3.Error as exc:
             self.write_failures += 1
-            log.error("cannot write to the outbox in %s: %s", self.config.state_dir, exc)
+            if not self.outbox.full:
+                log.error("cannot write to the outbox in %s: %s", self.config.state_dir, exc)
+            elif not self._write_failure_logged:
+                self._write_failure_logged = True
+                log.error(
+                    "the disk is full and a cycle did not fit even in place of old rows: it "
+                    "is not stored (counted in outpost_agent_outbox_write_failures_total); "
+                    "what the sources read is read again once there is room: %s",
+                    exc,
+                )
             for source in self.sources:
                 if isinstance(source, Stateful) and source.name in changed:
                     source.restore(json.loads(self._committed.get(source.name) or "{}"))
             return
+        if not self.outbox.full:
+            self._write_failure_logged = False
         self._committed.update(changed)
 
     def _source_states(self) -> dict[str, str]:
@@ -396,7 +438,12 @@ class Agent:
         if ack.agent_id != self.who.agent_id:
             log.debug("ignoring an ack for agent %s", ack.agent_id)
             return
-        self.outbox.ack(ack.upto, ack.ranges)
+        try:
+            self.outbox.ack(ack.upto, ack.ranges)
+        except sqlite3.Error as exc:
+            # A full disk: the rows stay until a later ack (it covers them too) deletes them.
+            if not self.outbox.full:
+                log.warning("cannot delete acknowledged rows from the outbox: %s", exc)
         for seq in list(self._inflight):
             if seq <= ack.upto or any(lo <= seq <= hi for lo, hi in ack.ranges):
                 del self._inflight[seq]
@@ -424,7 +471,12 @@ class Agent:
         if not rows:
             return
         low = self.outbox.low()
-        dropped = self.outbox.dropped_ranges()[: self.limits.max_ranges]
+        ranges = self.outbox.dropped_ranges()
+        dropped = ranges[: self.limits.max_ranges]
+        if len(ranges) > len(dropped):
+            # The drops not declared in this batch must stay above outbox_low, or the
+            # collector would count them as lost; they are declared once these are settled.
+            low = min(low, ranges[len(dropped)][0])
         for row in rows:
             mid = self.publisher.publish(row.kind, with_delivery_state(row.payload, low, dropped))
             if mid is None:

@@ -197,3 +197,32 @@ def test_add_many_numbers_rows_consecutively_and_commits_meta_with_them(tmp_path
     box.close()
     again = Outbox(tmp_path / "o.sqlite", 1 << 20)
     assert again.read_meta("k") == "w" and again.next_seq == 4
+
+
+def test_a_reserve_is_kept_beside_the_database(tmp_path: Path) -> None:
+    """Room for SQLite to make room when the disk is full (test_disk_full.py)."""
+    box = Outbox(tmp_path / "o.sqlite", 1 << 20, reserve_bytes=8192)
+    try:
+        assert box.reserve_path == tmp_path / "o.sqlite.reserve"
+        assert box.reserve_path.stat().st_size == 8192
+        stats = box.stats()
+        assert (stats.full, stats.full_episodes_total) == (False, 0)
+    finally:
+        box.close()
+    none = Outbox(tmp_path / "p.sqlite", 1 << 20, reserve_bytes=0)
+    try:
+        assert not none.reserve_path.exists()
+    finally:
+        none.close()
+
+
+def test_a_big_ack_deletes_everything_it_covers(boxes: Boxes) -> None:
+    """Deleted a few hundred rows per transaction (outbox.py), with the counts right."""
+    box = boxes.open()
+    for i in range(1, 1301):
+        box.add("metrics" if i % 3 else "events", p(i), T0)
+    assert box.ack(1000, [(1100, 1299)]) == 1200
+    assert seqs(box) == [*range(1001, 1100), 1300]
+    assert box.stats().rows == 100 and box.stats().bytes == 1000
+    box = boxes.reopen(box)
+    assert box.stats().rows == 100 and box.stats().bytes == 1000
