@@ -110,6 +110,7 @@ class Publisher:
     ) -> None:
         was = self._connected.is_set()
         self._connected.clear()
+        _forget_unacknowledged(client)
         # Jitter the next reconnect so a county's agents do not return in lockstep.
         base = self.config.reconnect_min_seconds
         client.reconnect_delay_set(
@@ -164,6 +165,17 @@ class Publisher:
             self._client.disconnect()
         self._client.loop_stop()
         return said
+
+
+def _forget_unacknowledged(client: mqtt.Client) -> None:
+    """Drop the publishes paho still holds for want of a PUBACK. paho would send them again
+    right after the next CONNACK, ahead of everything else: the backlog before current data,
+    and each of them twice, since the agent re-sends from its outbox anyway (newest first,
+    then the backlog in order; see agent/runner.py). paho has no public call for this; a test
+    checks that these attributes are there."""
+    with client._out_message_mutex:
+        client._out_messages.clear()
+        client._inflight_messages = 0
 
 
 def _now_ms() -> int:

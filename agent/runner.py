@@ -95,7 +95,13 @@ class Agent:
         self.write_failures = 0
         self._write_failure_logged = False  # during the current disk-full episode
         self._events: queue.Queue[SessionEvent] = queue.Queue()
-        self._inflight: dict[int, float] = {}
+        # seq -> when the broker acknowledged it (PUBACK), or None while it is still on its
+        # way: the resend clock runs from the PUBACK, so a slow link does not make the agent
+        # queue again what is still crossing it. ``_handed`` keeps when each was handed over,
+        # for a PUBACK that never comes on a live connection.
+        self._inflight: dict[int, float | None] = {}
+        self._handed: dict[int, float] = {}
+        self._mids: dict[int, int] = {}  # paho message id -> seq
         self._current_from = 0
         self._current_cursor = 0
         self._backlog_cursor = 0
@@ -405,6 +411,8 @@ class Agent:
     def _restart_delivery(self) -> None:
         """Forget what was in flight: send the newest row first, then the backlog in order."""
         self._inflight.clear()
+        self._handed.clear()
+        self._mids.clear()
         self._current_from = max(1, self.outbox.next_seq - 1)
         self._current_cursor = self._current_from - 1
         self._backlog_cursor = 0
@@ -428,6 +436,10 @@ class Agent:
             self._write([], time.time())
         elif event.kind == "ack":
             self._on_ack(event.payload)
+        elif event.kind == "published":
+            seq = self._mids.pop(event.mid, None)
+            if seq is not None and seq in self._inflight:
+                self._inflight[seq] = time.monotonic()
 
     def _on_ack(self, payload: bytes) -> None:
         try:
@@ -447,17 +459,30 @@ class Agent:
         for seq in list(self._inflight):
             if seq <= ack.upto or any(lo <= seq <= hi for lo, hi in ack.ranges):
                 del self._inflight[seq]
+                self._handed.pop(seq, None)
+        if not self._inflight:
+            self._mids.clear()
+
+    def _resend_due(self, now: float) -> bool:
+        """True when a batch the broker took has waited ``resend_after_seconds`` for the
+        collector's ack (the broker or the collector lost it), or one has waited ten times
+        that for the broker's PUBACK on a connection that is still up."""
+        after = self.config.outbox.resend_after_seconds
+        acked = [t for t in self._inflight.values() if t is not None]
+        if acked and min(acked) < now - after:
+            return True
+        waiting = [self._handed[s] for s, t in self._inflight.items() if t is None]
+        return bool(waiting) and min(waiting) < now - 10 * after
 
     def _drain(self) -> None:
         if not (self._ready and self.publisher.connected):
             return
         now = time.monotonic()
-        if (
-            self._inflight
-            and min(self._inflight.values()) < now - self.config.outbox.resend_after_seconds
-        ):
+        if self._inflight and self._resend_due(now):
             log.info("no ack for %d batches; sending them again", len(self._inflight))
             self._inflight.clear()
+            self._handed.clear()
+            self._mids.clear()
             self._current_cursor = self._current_from - 1
             self._backlog_cursor = 0
         room = self.config.outbox.max_inflight - len(self._inflight)
@@ -482,7 +507,9 @@ class Agent:
             if mid is None:
                 self.publish_failures += 1
                 return
-            self._inflight[row.seq] = now
+            self._inflight[row.seq] = None
+            self._handed[row.seq] = now
+            self._mids[mid] = row.seq
             if row.seq >= self._current_from:
                 self._current_cursor = max(self._current_cursor, row.seq)
             else:

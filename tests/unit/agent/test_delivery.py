@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from agent.config import AgentConfig, OutboxConfig
 from agent.cycle import Identity
 from agent.outage import OutageTracker, TrackerState
@@ -152,3 +154,47 @@ def test_a_cycle_too_big_for_one_message_is_split_under_the_limits() -> None:
     assert [b.seq for b in got] == list(range(7, 7 + len(got)))
     assert sum(len(b.samples) for b in got) == 1500
     assert all(len(d) < limits.max_payload_bytes - 1024 for d in encoded)
+
+
+def test_the_resend_clock_runs_from_the_brokers_puback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a slow link a batch may take longer than resend_after_seconds to cross: it is sent
+    again only once the broker has taken it and the collector's ack is still missing."""
+    clock = [100.0]
+    monkeypatch.setattr("agent.runner.time.monotonic", lambda: clock[0])
+    agent, pub = make_agent(tmp_path, resend_after_seconds=5.0)
+    agent.cycle(1000.0)
+    agent._handle(SessionEvent("connected"))
+    agent._drain()
+    assert [b["seq"] for b in pub.sent] == [1]
+    clock[0] += 30  # still crossing the link: no PUBACK yet
+    agent._drain()
+    assert len(pub.sent) == 1
+    agent._handle(SessionEvent("published", mid=1))  # the broker has it now
+    clock[0] += 4
+    agent._drain()
+    assert len(pub.sent) == 1
+    clock[0] += 2  # 6 s since the PUBACK and no ack: the broker or the collector lost it
+    agent._drain()
+    assert [b["seq"] for b in pub.sent] == [1, 1]
+    # A PUBACK that never comes on a connection that stays up: resent after ten periods.
+    clock[0] += 49
+    agent._drain()
+    assert len(pub.sent) == 2
+    clock[0] += 2
+    agent._drain()
+    assert len(pub.sent) == 3
+
+
+def test_paho_forgets_unacknowledged_publishes_on_a_disconnect() -> None:
+    """paho would re-send these itself after the next CONNACK, ahead of the current batch."""
+    import paho.mqtt.client as mqtt
+
+    from agent.publisher import _forget_unacknowledged
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.publish("outpost/v1/s1/h1/metrics", b"{}", qos=1)  # queued while disconnected
+    assert len(client._out_messages) == 1
+    _forget_unacknowledged(client)
+    assert len(client._out_messages) == 0 and client._inflight_messages == 0
