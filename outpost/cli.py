@@ -19,6 +19,7 @@ _LAZY: dict[str, tuple[str, str, str]] = {
     "alerts": ("collector.alerting.cli", "app", "List, acknowledge and silence alerts."),
     "ca": ("collector.enroll_cli", "ca_app", "Create the fleet CA and the broker's certificate."),
     "enroll": ("collector.enroll_cli", "enroll_app", "Enrol, re-key or revoke a broker user."),
+    "simulate": ("outpost.simulate_cli", "app", "Drive N virtual agents to load-test a collector."),
 }
 
 
