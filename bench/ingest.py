@@ -6,6 +6,15 @@ taken all N. The anchor is a paho subscriber that only counts messages (the ceil
 Python consumer); the collector validates, dedupes, updates state and publishes acks.
 
     python bench/ingest.py --messages 50000 --agents 500
+    python bench/ingest.py --smoke          # 600 messages, for a quick check
+    python bench/ingest.py --runs 3         # the anchor and the collector side by side, 3 times
+    python bench/ingest.py --profile out.svg   # the collector under py-spy (if installed)
+    python bench/ingest.py --bulk-anchor    # also: a counting subscriber on collector.mqtt's
+                                            # client (the ceiling of the collector's paho side)
+
+The collector normally holds each sender to 50 messages a second (burst 2000); the bench's
+agents send faster than that, so its collector runs with ``limits: {sender_rate_per_second:
+0}`` (no limit) from a config file, and says so in its output.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from common import free_port, mosquitto_conf, rss_mb, wait_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from collector.mqtt import BulkClient
 from outpost import wire
 
 
@@ -105,8 +115,12 @@ def preload(port: int, msgs: list[tuple[str, bytes]], progress: Progress) -> Non
     c.loop_stop()
 
 
-def anchor_rate(port: int, n: int) -> float:
-    c = client("bench-anchor")
+def anchor_rate(port: int, n: int, client_id: str = "bench-anchor") -> float:
+    c = client(client_id)
+    if client_id == "bench-bulk-anchor":  # the collector's client class, only counting
+        c = BulkClient(CallbackAPIVersion.VERSION2, client_id=client_id,
+                       protocol=MQTTProtocolVersion.MQTTv5)  # fmt: skip
+        c.max_inflight_messages_set(1000)
     got = [0]
     first = [0.0]
     done = threading.Event()
@@ -130,44 +144,56 @@ def anchor_rate(port: int, n: int) -> float:
     return n / elapsed
 
 
-def collector_rate(port: int, n: int, state: Path) -> tuple[float, float]:
+COLLECTOR_CONFIG = "limits:\n  sender_rate_per_second: 0\n"
+
+
+def collector_rate(port: int, n: int, state: Path, profile: str = "") -> tuple[float, float]:
     hport = free_port()
-    argv = [sys.executable, "-m", "outpost", "collector", "run", "--broker",
-            f"mqtt://127.0.0.1:{port}", "--listen", f"127.0.0.1:{hport}",
+    state.mkdir(parents=True, exist_ok=True)
+    config = state / "collector.yaml"
+    config.write_text(COLLECTOR_CONFIG)
+    argv = [sys.executable, "-m", "outpost", "collector", "run", "--config", str(config),
+            "--broker", f"mqtt://127.0.0.1:{port}", "--listen", f"127.0.0.1:{hport}",
             "--state-dir", str(state)]  # fmt: skip
+    if profile:
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        fmt = ["-f", "raw"] if profile.endswith(".txt") else []  # collapsed stacks
+        argv = [py_spy, "record", "-o", profile, "-r", "200", "--threads", *fmt, "--", *argv]
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # The clock starts at the first message taken, so process start-up is not counted.
+    # The clock starts at the first message taken, so process start-up is not counted. When
+    # the first answer already shows them all (a small run), it starts at the last answer that
+    # showed none (or at the start): a lower bound on the rate.
     first: tuple[float, float] | None = None
+    none_at = t0
     try:
         while True:
             try:
                 url = f"http://127.0.0.1:{hport}/api/v1/collector"
                 with urllib.request.urlopen(url, timeout=5) as r:
                     accepted = json.load(r)["messages"]["accepted"]
-                if first is None and accepted > 0:
-                    first = (time.perf_counter(), accepted)
+                if accepted == 0:
+                    none_at = time.perf_counter()
+                elif first is None:
+                    first = (time.perf_counter(), accepted) if accepted < n else (none_at, 0)
                 if accepted >= n:
                     break
             except OSError:
                 pass
             if time.perf_counter() - t0 > 300:
                 raise SystemExit("collector too slow")
-            time.sleep(0.05)
+            time.sleep(0.02)
         assert first is not None
-        elapsed = time.perf_counter() - first[0]
+        elapsed = max(time.perf_counter() - first[0], 1e-3)
         rss = rss_mb(proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
+        proc.send_signal(signal.SIGINT if profile else signal.SIGTERM)
+        proc.wait(60)
     return (n - first[1]) / elapsed, rss
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--messages", type=int, default=50_000)
-    ap.add_argument("--agents", type=int, default=500)
-    args = ap.parse_args()
+def one_run(messages: int, agents: int, profile: str = "", bulk: bool = False) -> dict[str, float]:
+    """Preload the broker for both consumers, then measure the anchor and the collector."""
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
@@ -176,27 +202,77 @@ def main() -> None:
         broker = subprocess.Popen([mosquitto, "-c", str(conf)], stderr=subprocess.DEVNULL)
         try:
             wait_port(port)
-            msgs = batches(args.messages, args.agents)
+            msgs = batches(messages, agents)
             size = sum(len(p) for _, p in msgs) / len(msgs)
             register_session(port, "bench-anchor")
             register_session(port, "outpost-collector")
+            if bulk:
+                register_session(port, "bench-bulk-anchor")
             with Progress(transient=True) as progress:
                 preload(port, msgs, progress)
-            anchor = anchor_rate(port, args.messages)
-            rate, rss = collector_rate(port, args.messages, Path(tmp) / "collector")
+            anchor = anchor_rate(port, messages)
+            rate, rss = collector_rate(port, messages, Path(tmp) / "collector", profile)
+            bulk_rate = anchor_rate(port, messages, "bench-bulk-anchor") if bulk else 0.0
         finally:
             broker.send_signal(signal.SIGTERM)
             broker.wait(20)
+    return {"size": size, "anchor": anchor, "rate": rate, "rss": rss, "bulk": bulk_rate}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--messages", type=int, default=50_000)
+    ap.add_argument("--agents", type=int, default=500)
+    ap.add_argument("--runs", type=int, default=1, help="measure both this many times")
+    ap.add_argument("--smoke", action="store_true", help="600 messages from 20 agents, one run")
+    ap.add_argument("--profile", default="", help="record the collector with py-spy to this file")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    ap.add_argument(
+        "--bulk-anchor",
+        action="store_true",
+        help="also measure a counting subscriber on the collector's client class",
+    )
+    args = ap.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the broker and collector started here are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.smoke:
+        args.messages, args.agents, args.runs = 600, 20, 1
+    runs = [
+        one_run(args.messages, args.agents, args.profile, args.bulk_anchor)
+        for _ in range(max(1, args.runs))
+    ]
+    ratios = sorted(r["rate"] / r["anchor"] for r in runs)
+    rows = [
+        {
+            "anchor_raw_paho_msgs_per_s": round(r["anchor"]),
+            "collector_msgs_per_s": round(r["rate"]),
+            "ratio_collector_to_anchor": round(r["rate"] / r["anchor"], 3),
+            "collector_rss_mb": round(r["rss"], 1),
+            **({"bulk_anchor_msgs_per_s": round(r["bulk"])} if args.bulk_anchor else {}),
+        }
+        for r in runs
+    ]
     result = {
         "messages": args.messages,
         "agents": args.agents,
-        "bytes_per_message": round(size),
-        "anchor_raw_paho_msgs_per_s": round(anchor),
-        "collector_msgs_per_s": round(rate),
-        "ratio_collector_to_anchor": round(rate / anchor, 3),
-        "collector_rss_mb": round(rss, 1),
+        "bytes_per_message": round(runs[0]["size"]),
+        "sender_rate_limit": "off (limits: {sender_rate_per_second: 0})",
+        "runs": rows,
+        "median_ratio_collector_to_anchor": round(ratios[len(ratios) // 2], 3),
     }
-    print(json.dumps(result, indent=2))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"ingest: {args.messages} agent batches of {result['bytes_per_message']} bytes from "
+          f"{args.agents} agents, QoS 1; collector sender rate limit off")  # fmt: skip
+    print(f"{'run':>3}  {'anchor msg/s':>12}  {'collector msg/s':>15}  {'ratio':>6}  {'rss MB':>6}")
+    for i, r in enumerate(rows, 1):
+        print(f"{i:>3}  {r['anchor_raw_paho_msgs_per_s']:>12}  {r['collector_msgs_per_s']:>15}  "
+              f"{r['ratio_collector_to_anchor']:>6.3f}  {r['collector_rss_mb']:>6.1f}")  # fmt: skip
+    print(f"median ratio collector/anchor: {result['median_ratio_collector_to_anchor']:.3f}")
+    if args.bulk_anchor:
+        bulk = ", ".join(str(r["bulk_anchor_msgs_per_s"]) for r in rows)
+        print(f"counting subscriber on the collector's client class, msg/s: {bulk}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,10 @@ _MAX_LOG_SENDERS = 10_000
 MAX_SENDERS = 10_000
 # Refusals that must not settle the seq they name.
 _UNSETTLED = frozenset({"oversized", "seq_jump"})
+# Agent topics parsed and remembered (a fleet has three per host); past it the memo starts
+# again. Only topics that parse are kept: they are short (two slugs), so the memo stays small
+# whatever a client publishes on.
+MAX_TOPICS = 32_768
 
 
 class SenderBuckets:
@@ -123,6 +127,21 @@ class Ingest:
         self.listener_failures = 0
         self._new_events: list[HostEvent] = []
         self._counts_dirty: set[tuple[str, str]] = set()
+        # agent topic -> its parts and sender ("site/host")
+        self._topics: dict[str, tuple[wire.TopicParts, str]] = {}
+
+    def _parse_topic(self, topic: str) -> tuple[wire.TopicParts, str] | None:
+        """``wire.parse_topic`` with the sender name, remembered per agent topic."""
+        found = self._topics.get(topic)
+        if found is not None:
+            return found
+        parts = wire.parse_topic(self.prefix, topic)
+        if parts is None:
+            return None
+        if len(self._topics) >= MAX_TOPICS:
+            self._topics.clear()
+        found = self._topics[topic] = (parts, f"{parts.site}/{parts.host}")
+        return found
 
     def handle(self, topic: str, payload: bytes, now: float) -> str:
         """Apply one message; returns ``accepted``, ``duplicate``, ``invalid`` or
@@ -139,9 +158,10 @@ class Ingest:
                 return "invalid"
 
     def _handle(self, topic: str, payload: bytes, now: float) -> str:
-        parts = wire.parse_topic(self.prefix, topic)
-        if parts is None or parts.kind == wire.ACK:
+        parsed = self._parse_topic(topic)
+        if parsed is None or parsed[0].kind == wire.ACK:
             raise wire.DecodeFailure("topic", "not an agent topic of this protocol")
+        parts, sender = parsed
         if parts.kind == wire.STATUS:
             if not payload:  # a retained status being cleared
                 return self._count("accepted")
@@ -149,7 +169,6 @@ class Ingest:
             self.state.apply_status(status, parts.site, parts.host, now)
             return self._count("accepted")
         limits = self.limits
-        sender = f"{parts.site}/{parts.host}"
         if not self.buckets.take(sender, now, limits.sender_rate_per_second, limits.sender_burst):
             return self._limit(parts, sender, now)
         batch = wire.decode_batch(payload, parts, limits)
@@ -232,8 +251,8 @@ class Ingest:
     def _refuse(self, topic: str, payload: bytes, exc: wire.DecodeFailure, now: float) -> None:
         self.messages["invalid"] += 1
         self.invalid[exc.reason] += 1
-        parts = wire.parse_topic(self.prefix, topic)
-        sender = f"{parts.site}/{parts.host}" if parts else "(other topics)"
+        parsed = self._parse_topic(topic)
+        parts, sender = parsed if parsed else (None, "(other topics)")
         if parts and parts.kind in (wire.METRICS, wire.EVENTS) and exc.reason not in _UNSETTLED:
             self._settle_refused(parts, payload, now)
         more = self._quiet(sender, now)

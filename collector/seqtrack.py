@@ -66,10 +66,15 @@ class SeqTrack(msgspec.Struct):
         return cls(upto=low - 1, highest=low - 1)
 
     def seen(self, seq: int) -> bool:
-        return seq <= self.upto or covered(seq, self.above)
+        return seq <= self.upto or (bool(self.above) and covered(seq, self.above))
 
     def offer(self, seq: int) -> bool:
         """Record ``seq`` as applied; False (and counted) when it already was."""
+        if seq == self.upto + 1 and not self.above:  # the usual case: the next seq, in order
+            self.upto = seq
+            if seq > self.highest:
+                self.highest = seq
+            return True
         if self.seen(seq):
             self.duplicates += 1
             return False

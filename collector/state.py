@@ -306,14 +306,20 @@ class FleetState:
         """Make ``batch``'s samples the host's latest, or merge them into the latest when they
         are another chunk of the same cycle; older ones are ignored."""
         samples = batch.samples
-        if any(s.value < 0 for s in samples):
+        negative = up = False
+        for s in samples:  # one pass: this runs for every sample of every batch
+            value = s.value
+            if value < 0:
+                negative = True
+            elif value == 1.0 and s.name == DEVICE_UP:
+                up = True
+        if negative:
             kept = [s for s in samples if s.value >= 0 or not s.name.endswith("_total")]
             if len(kept) < len(samples):
                 self.refused[(state.site, state.host, "negative_counter")] += len(samples) - len(
                     kept
                 )
                 samples = kept
-        up = any(s.name == DEVICE_UP and s.value == 1.0 for s in samples)
         same_agent = batch.agent_id == state.agent_id
         if same_agent and self._same_cycle(state, batch, samples):
             if batch.seq > state.batch_seq:

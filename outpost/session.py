@@ -24,14 +24,20 @@ __all__ = ["connect_async", "make_client"]
 log = logging.getLogger(__name__)
 
 
-def make_client(config: BrokerConfig, client_id: str, max_inflight: int) -> mqtt.Client:
-    """A client with credentials, TLS and capped reconnect backoff; not yet connected."""
+def make_client(
+    config: BrokerConfig,
+    client_id: str,
+    max_inflight: int,
+    client_class: type[mqtt.Client] = mqtt.Client,
+) -> mqtt.Client:
+    """A client with credentials, TLS and capped reconnect backoff; not yet connected.
+    ``client_class`` may be a subclass of paho's client (the collector's reads in bulk)."""
     if config.protocol == "5":
-        client = mqtt.Client(
+        client = client_class(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
         )
     else:
-        client = mqtt.Client(
+        client = client_class(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             clean_session=False,

@@ -239,3 +239,20 @@ def test_an_internal_error_is_counted_not_raised(
     monkeypatch.setattr(ingest.state, "apply_batch", boom)
     assert ingest.handle(METRICS, payload(1), T0) == "invalid"
     assert ingest.invalid == {"internal": 1}
+
+
+def test_topic_memo_is_bounded_and_keeps_refusing_bad_topics(
+    ingest: Ingest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("collector.ingest.MAX_TOPICS", 3)
+    for i in range(1, 6):
+        assert ingest.handle(f"outpost/v1/s1/h{i}/status", b"", T0) == "accepted"
+        assert len(ingest._topics) <= 3
+    for seq in (1, 2):  # the second time from the memo (bad topics are not kept)
+        assert ingest.handle("outpost/v1/S1/h1/metrics", payload(seq), T0) == "invalid"
+        assert ingest.handle(METRICS, payload(seq), T0) == "accepted"
+        assert ingest.handle("other/v1/s1/h1/metrics", payload(seq), T0) == "invalid"
+    assert ingest.handle(METRICS, payload(2), T0) == "duplicate"
+    assert ingest.invalid["topic"] == 4
+    assert "other/v1/s1/h1/metrics" not in ingest._topics and METRICS in ingest._topics
+    assert ingest.state.tracks[("s1", "h1", "agent-1")].upto == 2

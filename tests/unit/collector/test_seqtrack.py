@@ -176,3 +176,13 @@ def test_shuffled_backlog_with_reports_every_time() -> None:
         deliver(track, seq, min(held | {seq}))
         held.discard(seq)
     assert (track.upto, track.lost, track.duplicates) == (20, 0, 0)
+
+
+def test_in_order_seqs_advance_upto_without_ranges() -> None:
+    track = SeqTrack.first_seen(5, 5)
+    assert [track.offer(s) for s in (5, 6, 7)] == [True, True, True]
+    assert (track.upto, track.above, track.highest, track.duplicates) == (7, [], 7, 0)
+    assert not track.offer(7) and not track.offer(3)
+    assert track.duplicates == 2
+    assert track.offer(9) and track.above == [(9, 9)]  # a gap: kept as a range
+    assert track.offer(8) and (track.upto, track.above, track.highest) == (9, [], 9)
