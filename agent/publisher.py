@@ -14,7 +14,7 @@ import queue
 import random
 import threading
 import time
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import paho.mqtt.client as mqtt
 
@@ -60,19 +60,11 @@ class Publisher:
     def topic(self, kind: str) -> str:
         return wire.topic(self._prefix, self.site, self.host, kind)
 
-    def _status(self, status: str, reason: str, now_ms: int) -> bytes:
-        return wire.encode(
-            wire.Status(
-                v=wire.SCHEMA_VERSION,
-                status=status,  # type: ignore[arg-type]
-                site=self.site,
-                host=self.host,
-                agent_id=self.agent_id,
-                boot_id=self.boot_id,
-                reason=reason,
-                ts=now_ms,
-            )
-        )
+    def _status(self, status: Literal["online", "offline"], reason: str, now_ms: int) -> bytes:
+        return wire.encode_status(
+            status, reason, site=self.site, host=self.host, agent_id=self.agent_id,
+            boot_id=self.boot_id, ts_ms=now_ms,
+        )  # fmt: skip
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.config

@@ -19,7 +19,7 @@ import math
 import random
 import resource
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 from outpost import wire
 from outpost.wire import Sample
@@ -259,20 +259,12 @@ class VirtualAgent:
     def topic(self, prefix: str, kind: str) -> str:
         return wire.topic(prefix, self.site, self.host, kind)
 
-    def status(self, status: str, reason: str, now_ms: int) -> bytes:
+    def status(self, status: Literal["online", "offline"], reason: str, now_ms: int) -> bytes:
         """The retained status payload: ``online``, or ``offline`` with a reason."""
-        return wire.encode(
-            wire.Status(
-                v=wire.SCHEMA_VERSION,
-                status=status,  # type: ignore[arg-type]
-                site=self.site,
-                host=self.host,
-                agent_id=self.agent_id,
-                boot_id=self.boot_id,
-                reason=reason,
-                ts=now_ms,
-            )
-        )
+        return wire.encode_status(
+            status, reason, site=self.site, host=self.host, agent_id=self.agent_id,
+            boot_id=self.boot_id, ts_ms=now_ms,
+        )  # fmt: skip
 
     def cycle(self, now: float) -> int:
         """Make this cycle's metrics batch (collection time ``now``) and keep it; its seq."""

@@ -37,6 +37,7 @@ __all__ = [
     "decode_status",
     "encode",
     "encode_ranges",
+    "encode_status",
     "is_slug",
     "merge_ranges",
     "parse_topic",
@@ -167,6 +168,31 @@ class Status(msgspec.Struct, omit_defaults=True):
     boot_id: str = ""
     reason: str = ""
     ts: int = 0
+
+
+def encode_status(
+    status: Literal["online", "offline"],
+    reason: str,
+    *,
+    site: str,
+    host: str,
+    agent_id: str,
+    boot_id: str,
+    ts_ms: int,
+) -> bytes:
+    """The retained status payload an agent publishes (and leaves as its Last Will)."""
+    return encode(
+        Status(
+            v=SCHEMA_VERSION,
+            status=status,
+            site=site,
+            host=host,
+            agent_id=agent_id,
+            boot_id=boot_id,
+            reason=reason,
+            ts=ts_ms,
+        )
+    )
 
 
 class Ack(msgspec.Struct, omit_defaults=True):
