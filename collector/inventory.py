@@ -49,5 +49,11 @@ class Inventory(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
                 )
             first[site.id] = index
 
+    def only(self, sites: list[str]) -> Inventory:
+        """The sites among ``sites`` (a shard's); all of them when ``sites`` is empty."""
+        if not sites:
+            return self
+        return Inventory([s for s in self.sites if s.id in set(sites)])
+
     def expected_hosts(self) -> set[tuple[str, str]]:
         return {(site.id, host) for site in self.sites for host in site.hosts}

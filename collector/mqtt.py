@@ -245,18 +245,29 @@ class BulkClient(mqtt.Client):
 
 
 class Subscriber:
-    def __init__(self, config: BrokerConfig, on_message: Callable[[str, bytes], None]) -> None:
+    def __init__(
+        self,
+        config: BrokerConfig,
+        on_message: Callable[[str, bytes], None],
+        sites: list[str] | None = None,
+        shard: str | None = None,
+    ) -> None:
+        """Subscribe to every site's agent topics, or to ``sites`` only (a shard). A shard's
+        default client id carries its name, so shards on one broker keep their own sessions."""
         self.config = config
         self._deliver = on_message
         self.connected = threading.Event()
         self.connects = 0
         prefix = config.topic_prefix
+        kinds = (wire.STATUS, wire.METRICS, wire.EVENTS)
         self.filters = [
-            f"{prefix}/v1/+/+/{kind}" for kind in (wire.STATUS, wire.METRICS, wire.EVENTS)
+            f"{prefix}/v1/{site}/+/{kind}" for site in (sites or ["+"]) for kind in kinds
         ]
-        self._client = make_client(
-            config, config.client_id or "outpost-collector", 1000, BulkClient
-        )
+        client_id = config.client_id or "outpost-collector"
+        if shard and client_id == "outpost-collector":
+            client_id = f"outpost-collector-{shard}"
+        self.client_id = client_id
+        self._client = make_client(config, client_id, 1000, BulkClient)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message

@@ -58,6 +58,7 @@ RESTART_KEYS = (
     "listen",
     "state_dir",
     "broker",
+    "shard",
     "events",
     "alerting.enabled",
     "alerting.engine.evaluate_every_seconds",
@@ -204,6 +205,7 @@ class CollectorService:
     def __init__(self, config: CollectorConfig, inventory: Inventory | None = None) -> None:
         self.config = config
         keep = config.events.keep_per_host
+        inventory = (inventory or Inventory()).only(config.shard.sites)
         self.state = FleetState(config.stale_after_seconds, inventory, keep_events=keep)
         self.ingest = Ingest(self.state, _limits(config), config.broker.topic_prefix)
         self.store = Store(Path(config.state_dir) / "collector.sqlite", keep)
@@ -213,7 +215,9 @@ class CollectorService:
             self.state.dropped_total += track.dropped
         self.state.event_log.load(self.store.load_events())
         self.state.restore_event_counts(self.store.load_event_counts())
-        self.subscriber = Subscriber(config.broker, self._on_message)
+        self.subscriber = Subscriber(
+            config.broker, self._on_message, config.shard.sites, config.shard.label
+        )
         self.acks_published = 0
         self.ack_failures = 0
         self.registry = CollectorRegistry()
@@ -402,6 +406,7 @@ class CollectorService:
         alerts, the silences and the delivery queue are kept. Returns what changed, or None
         when the reload was refused (logged; the running config is kept whole)."""
         old = self.config
+        inventory = inventory.only(new.shard.sites)
         changed = changed_keys(old, new)
         if inventory != self.state.inventory:
             changed.append(f"inventory ({new.sites_file or 'none'})")

@@ -31,6 +31,7 @@ EXAMPLES: dict[str, type[msgspec.Struct]] = {
 COMMENTED_EXAMPLES: dict[str, list[str]] = {
     "agent.yaml": ["sources.probes.targets", "sources.snmp.devices"],
     "collector.yaml": [
+        "shard.sites",
         "alerting.user_rules",
         "alerting.notifiers",
         "alerting.routing.routes",
