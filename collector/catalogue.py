@@ -7,7 +7,13 @@ an agent); those are exported with a generic help text.
 
 from __future__ import annotations
 
-__all__ = ["AGENT_SAMPLES", "ALERTING_FAMILIES", "CATALOGUE", "COLLECTOR_FAMILIES"]
+__all__ = [
+    "AGENT_SAMPLES",
+    "ALERTING_FAMILIES",
+    "CATALOGUE",
+    "COLLECTOR_FAMILIES",
+    "REMOTE_WRITE_FAMILIES",
+]
 
 # Series the collector derives from state (name -> Prometheus type).
 COLLECTOR_FAMILIES: dict[str, str] = {
@@ -46,6 +52,13 @@ COLLECTOR_FAMILIES: dict[str, str] = {
     "outpost_collector_broker_connects_total": "counter",
     "outpost_collector_hosts": "gauge",
     "outpost_collector_build_info": "gauge",
+}
+
+# Series of the late-sample forwarder (collector/remote_write.py), only when it is configured.
+REMOTE_WRITE_FAMILIES: dict[str, str] = {
+    "outpost_remote_write_samples_total": "counter",
+    "outpost_remote_write_retries_total": "counter",
+    "outpost_remote_write_queue_samples": "gauge",
 }
 
 # Series of the alert engine (collector/alerting/exporter.py).
@@ -119,6 +132,12 @@ _COLLECTOR_HELP = {
     "outpost_collector_broker_connects_total": "Successful connections to the broker.",
     "outpost_collector_hosts": "Hosts the collector knows of (reported or expected).",
     "outpost_collector_build_info": "The collector's version, as a label.",
+    "outpost_remote_write_samples_total": "Late samples for the remote-write endpoint, by "
+    "result (sent, failed, dropped).",
+    "outpost_remote_write_retries_total": "Remote-write requests sent again after a "
+    "connection error, 429 or 5xx.",
+    "outpost_remote_write_queue_samples": "Late samples waiting to be sent to the remote-write "
+    "endpoint.",
 }
 
 # Series agents report (the agent's system source and its own health).
