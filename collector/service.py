@@ -25,12 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    ProcessCollector,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from collector.alerting import api as alert_api
 from collector.alerting.config import AlertingConfig
@@ -40,7 +35,7 @@ from collector.alerting.routing import Router, SiteInfo
 from collector.alerting.schedule import Calendar, load_calendar
 from collector.alerting.service import AlertService, check_config, read_secret_file
 from collector.config import CollectorConfig
-from collector.exporter import FleetCollector
+from collector.exporter import FleetCollector, metrics_body
 from collector.ingest import Ingest
 from collector.inventory import Inventory
 from collector.mqtt import Subscriber
@@ -220,9 +215,10 @@ class CollectorService:
         )
         self.acks_published = 0
         self.ack_failures = 0
+        # The collector's own metrics (process_*, python_*, the alert engine's); the fleet's
+        # are rendered by self.fleet and served before them (collector.exporter.metrics_body).
         self.registry = CollectorRegistry()
         self.fleet = FleetCollector(self.ingest, self._extra)
-        self.registry.register(self.fleet)
         self.alerts: AlertService | None = None
         if config.alerting.enabled:
             # A ValueError here is a config problem (a route naming an unknown notifier...).
@@ -599,7 +595,14 @@ def _handler(service: CollectorService) -> type[BaseHTTPRequestHandler]:
                 return
             try:
                 if path == "/metrics":
-                    self._send(200, generate_latest(service.registry), CONTENT_TYPE_LATEST)
+                    accept = self.headers.get("Accept-Encoding")
+                    body, headers = metrics_body(service.fleet, service.registry, accept)
+                    self.send_response(200)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
                 elif path == "/healthz":
                     ok = service.subscriber.connected.is_set()
                     self._json(
