@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from collector.alerting.config import AlertingConfig
+from collector.remote_write import RemoteWriteConfig
 from outpost.connection import BrokerConfig
 from outpost.wire import SLUG_RE
 
@@ -83,6 +84,7 @@ class CollectorConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=
     broker: BrokerConfig = msgspec.field(default_factory=_collector_broker)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     shard: ShardConfig = msgspec.field(default_factory=ShardConfig)
+    remote_write: RemoteWriteConfig | None = None
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
     alerting: AlertingConfig = msgspec.field(default_factory=AlertingConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)

@@ -23,6 +23,7 @@ import msgspec
 
 from collector.events import HostEvent
 from collector.outages import Outage
+from collector.remote_write import LateSampleForwarder
 from collector.state import MAX_AGENTS_PER_SENDER, FleetState, TrackKey, batch_key
 from outpost import wire
 
@@ -125,6 +126,8 @@ class Ingest:
         # the stream the alert engine reads.
         self.event_listeners: list[Callable[[HostEvent], None]] = []
         self.listener_failures = 0
+        # Late batches' samples go here (with their own timestamps) when remote write is on.
+        self.late_forwarder: LateSampleForwarder | None = None
         self._new_events: list[HostEvent] = []
         self._counts_dirty: set[tuple[str, str]] = set()
         # agent topic -> its parts and sender ("site/host")
@@ -185,6 +188,11 @@ class Ingest:
             raise wire.DecodeFailure("seq_jump", jump)
         applied = self.state.apply_batch(batch, now, limits)
         self._dirty[batch_key(batch)] = None
+        if self.late_forwarder is not None and applied.new and applied.kept and batch.samples:
+            self.late_forwarder.offer(
+                batch.site, batch.device or batch.host, batch.ts,
+                batch.samples[: limits.max_series_per_host], now, batch.interval,
+            )  # fmt: skip
         for outage in applied.outages:
             log.info(
                 "%s/%s: %s outage of %.0f s reported", outage.site, outage.host, outage.kind,

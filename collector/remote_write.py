@@ -27,12 +27,19 @@ import threading
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated
 
 import msgspec
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from collector.catalogue import (
+    ALERTING_FAMILIES,
+    CATALOGUE,
+    COLLECTOR_FAMILIES,
+    REMOTE_WRITE_FAMILIES,
+)
 from outpost.wire import Sample
 
 __all__ = [
@@ -251,6 +258,53 @@ def http_sender(config: RemoteWriteConfig) -> Sender:
     return send
 
 
+# Names the collector exports itself (or prometheus-client does): an agent's sample with one of
+# them is not exported, so it is not forwarded either.
+_TAKEN = set(COLLECTOR_FAMILIES) | set(ALERTING_FAMILIES) | set(REMOTE_WRITE_FAMILIES)
+_BLOCKED = frozenset({m.removesuffix("_total") for m in _TAKEN} | _TAKEN)
+
+
+def forwardable(sample: Sample) -> bool:
+    """Whether a sample of a late batch may go to the endpoint: what the exporter would show
+    (no name of the collector's own, no label the collector sets, no negative counter)."""
+    name = sample.name
+    if name in _BLOCKED or name.removesuffix("_total") in _BLOCKED:
+        return False
+    if name.startswith(("process_", "python_")):
+        return False
+    if name.endswith("_total") and sample.value < 0:
+        return False
+    return sample.labels.keys().isdisjoint(RESERVED_LABELS)
+
+
+class ForwarderMetrics:
+    """The forwarder's counters for the collector's own registry (prometheus-client)."""
+
+    def __init__(self, forwarder: LateSampleForwarder) -> None:
+        self.forwarder = forwarder
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.forwarder.stats()
+        samples = CounterMetricFamily(
+            "outpost_remote_write_samples",
+            CATALOGUE["outpost_remote_write_samples_total"],
+            labels=["result"],
+        )
+        for result in ("sent", "failed", "dropped"):
+            samples.add_metric([result], float(getattr(st, result)))
+        yield samples
+        yield CounterMetricFamily(
+            "outpost_remote_write_retries",
+            CATALOGUE["outpost_remote_write_retries_total"],
+            value=float(st.retries),
+        )
+        yield GaugeMetricFamily(
+            "outpost_remote_write_queue_samples",
+            CATALOGUE["outpost_remote_write_queue_samples"],
+            value=float(st.queued),
+        )
+
+
 def _retryable(status: int) -> bool:
     return status == 429 or status >= 500
 
@@ -297,7 +351,7 @@ class LateSampleForwarder:
         points: list[Point] = []
         bad = 0
         for s in samples:
-            if not s.labels.keys().isdisjoint(RESERVED_LABELS):
+            if not forwardable(s):
                 bad += 1
                 continue
             labels = {**self.config.labels, **s.labels, "site": site, "host": host}

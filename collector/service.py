@@ -39,6 +39,12 @@ from collector.exporter import FleetCollector, metrics_body
 from collector.ingest import Ingest
 from collector.inventory import Inventory
 from collector.mqtt import Subscriber
+from collector.remote_write import (
+    ForwarderMetrics,
+    LateSampleForwarder,
+    RemoteWriteError,
+    http_sender,
+)
 from collector.state import FleetState
 from collector.store import Store
 from outpost import systemd, wire
@@ -54,6 +60,7 @@ RESTART_KEYS = (
     "state_dir",
     "broker",
     "shard",
+    "remote_write",
     "events",
     "alerting.enabled",
     "alerting.engine.evaluate_every_seconds",
@@ -219,6 +226,15 @@ class CollectorService:
         # are rendered by self.fleet and served before them (collector.exporter.metrics_body).
         self.registry = CollectorRegistry()
         self.fleet = FleetCollector(self.ingest, self._extra)
+        self.forwarder: LateSampleForwarder | None = None
+        if config.remote_write is not None:
+            try:
+                sender = http_sender(config.remote_write)
+            except RemoteWriteError as exc:
+                raise ValueError(str(exc)) from None
+            self.forwarder = LateSampleForwarder(config.remote_write, sender)
+            self.ingest.late_forwarder = self.forwarder
+            self.registry.register(ForwarderMetrics(self.forwarder))
         self.alerts: AlertService | None = None
         if config.alerting.enabled:
             # A ValueError here is a config problem (a route naming an unknown notifier...).
@@ -302,6 +318,8 @@ class CollectorService:
         for t in self._threads:
             t.start()
         self.acks_ran_at = time.monotonic()
+        if self.forwarder is not None:
+            self.forwarder.start()
         self.subscriber.start()
         if self.alerts is not None:
             self.alerts.start()
@@ -442,6 +460,8 @@ class CollectorService:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.forwarder is not None:
+            self.forwarder.stop()
         if self.alerts is not None:
             self.alerts.stop()
         for t in self._threads:

@@ -104,6 +104,7 @@ class Applied(NamedTuple):
     lost: int = 0
     outages: tuple[Outage, ...] = ()
     events: tuple[HostEvent, ...] = ()
+    kept: bool = True  # False: the batch's samples and events were refused (a device past a cap)
 
 
 class SiteOutages(msgspec.Struct):
@@ -243,7 +244,7 @@ class FleetState:
             if refusal:
                 n = len(batch.samples) + len(batch.events)
                 self.refused[(batch.site, batch.host, refusal)] += n
-                return Applied(True, dropped, lost)
+                return Applied(True, dropped, lost, kept=False)
         state = self._host(batch.site, batch.device or batch.host)
         state.last_seen = max(state.last_seen, now)
         if batch.device:

@@ -32,6 +32,7 @@ COMMENTED_EXAMPLES: dict[str, list[str]] = {
     "agent.yaml": ["sources.probes.targets", "sources.snmp.devices"],
     "collector.yaml": [
         "shard.sites",
+        "remote_write",
         "alerting.user_rules",
         "alerting.notifiers",
         "alerting.routing.routes",
