@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from harness import Collector, Mosquitto, Procs
+from webhook import Receiver
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -45,3 +46,13 @@ def broker(procs: Procs, tmp_path: Path) -> Mosquitto:
 @pytest.fixture
 def collector(procs: Procs, broker: Mosquitto, tmp_path: Path) -> Collector:
     return Collector(procs, broker, tmp_path).start()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook endpoint on a free loopback port (tests/integration/webhook.py)."""
+    r = Receiver()
+    r.thread.start()
+    yield r
+    r.server.shutdown()
+    r.server.server_close()

@@ -20,13 +20,11 @@ Every case records its figures with reliability.record after its assertions pass
 from __future__ import annotations
 
 import glob
-import http.server
 import json
 import os
 import random
 import sqlite3
 import subprocess
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -35,8 +33,9 @@ from typing import Any, NamedTuple
 
 import pytest
 import yaml
-from harness import Agent, Collector, Mosquitto, Procs, free_port, wait_for
+from harness import Agent, Collector, Mosquitto, Procs, wait_for
 from reliability import record
+from webhook import Receiver
 
 pytestmark = pytest.mark.integration
 
@@ -160,48 +159,6 @@ def security(auth_log: Path) -> dict[str, Any]:
 # --- a webhook receiver and an alerting collector ---------------------------------------------
 
 
-class Receiver:
-    """A webhook endpoint that keeps every JSON body posted to it."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.got: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with outer.lock:
-                    outer.got.append(json.loads(body))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def find(self, status: str, rule: str) -> list[dict[str, Any]]:
-        with self.lock:
-            return [
-                m
-                for m in self.got
-                if m["status"] == status and any(a["rule"] == rule for a in m["alerts"])
-            ]
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    r.thread.start()
-    yield r
-    r.server.shutdown()
-    r.server.server_close()
-
-
 def alerting_collector(procs: Procs, broker: Mosquitto, tmp_path: Path,
                        alerting: dict[str, Any]) -> Collector:  # fmt: skip
     conf = tmp_path / "collector.yaml"
@@ -259,7 +216,9 @@ def test_collector_restart_and_kill_9_lose_nothing_and_page_once(
     # An alert firing and delivered: one agent killed.
     assert victim.proc is not None
     victim.proc.kill9()
-    fired = wait_for("the host_down page", lambda: receiver.find("firing", "host_down"), 30)
+    fired = wait_for(
+        "the host_down page", lambda: receiver.find("firing", "host_down", "/oncall"), 30
+    )
     assert fired[0]["alerts"][0]["labels"] == {"site": SITE, "host": victim.host}
     (alert,) = alerts(collector, "host_down")
 
@@ -270,7 +229,7 @@ def test_collector_restart_and_kill_9_lose_nothing_and_page_once(
     collector.start()
     more_evaluations(collector, 3)
     assert [a["key"] for a in alerts(collector, "host_down")] == [alert["key"]]
-    assert len(receiver.find("firing", "host_down")) == 1  # nobody paged again
+    assert len(receiver.find("firing", "host_down", "/oncall")) == 1  # nobody paged again
     figures = [settled(collector, a) for a in live]
     hosts = [host_of(collector, a.host) for a in live]
     assert [h["lost"] for h in hosts] == [0, 0, 0]
@@ -296,14 +255,14 @@ def test_collector_restart_and_kill_9_lose_nothing_and_page_once(
     collector.start()
     more_evaluations(collector, 3)
     assert [a["key"] for a in alerts(collector, "host_down")] == [alert["key"]]
-    assert len(receiver.find("firing", "host_down")) == 1
+    assert len(receiver.find("firing", "host_down", "/oncall")) == 1
 
     # The victim comes back: exactly one resolve, and still one page.
     victim.start()
-    wait_for("the resolve", lambda: receiver.find("resolved", "host_down"), 30)
+    wait_for("the resolve", lambda: receiver.find("resolved", "host_down", "/oncall"), 30)
     more_evaluations(collector, 3)
-    assert len(receiver.find("resolved", "host_down")) == 1
-    assert len(receiver.find("firing", "host_down")) == 1
+    assert len(receiver.find("resolved", "host_down", "/oncall")) == 1
+    assert len(receiver.find("firing", "host_down", "/oncall")) == 1
     assert not alerts(collector, "host_down")
 
     figures = [settled(collector, a) for a in agents]
