@@ -86,6 +86,7 @@ class Prometheus:
             scrape_targets, interval=interval, rule_files=rule_files, alertmanager=alertmanager
         )
         self.proc: Proc | None = None
+        self.args: list[str] = []  # more command-line flags
 
     @property
     def base(self) -> str:
@@ -103,6 +104,7 @@ class Prometheus:
                 f"--storage.tsdb.path={self.root / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--log.level=info",
+                *self.args,
             ],
         )
         wait_for("Prometheus' /-/ready", self._ready, timeout)

@@ -17,7 +17,7 @@ import msgspec
 import pytest
 import yaml
 from harness import Procs, free_port, wait_for
-from prometheus import PROMETHEUS, Prometheus, available
+from prometheus import Prometheus, available
 from reliability import record
 
 from collector.remote_write import ForwarderStats, LateSampleForwarder, RemoteWriteConfig
@@ -89,23 +89,7 @@ class RemoteWritePrometheus(Prometheus):
     def __init__(self, procs: Procs, root: Path, targets: list[str]) -> None:
         super().__init__(procs, root, targets, rule_files=[])
         self.config["storage"] = {"tsdb": {"out_of_order_time_window": "2h"}}
-
-    def start(self, timeout: float = 20) -> RemoteWritePrometheus:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(yaml.safe_dump(self.config, sort_keys=False), encoding="utf-8")
-        self.proc = self.procs.start(
-            "prometheus",
-            [
-                PROMETHEUS,
-                f"--config.file={self.conf}",
-                f"--storage.tsdb.path={self.root / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--web.enable-remote-write-receiver",
-                "--log.level=info",
-            ],
-        )
-        wait_for("Prometheus' /-/ready", self._ready, timeout)
-        return self
+        self.args = ["--web.enable-remote-write-receiver"]
 
 
 def _config(url: str, **kw: object) -> RemoteWriteConfig:
