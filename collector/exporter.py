@@ -7,8 +7,10 @@ meanings are catalogued in docs/metrics.md (and collector/catalogue.py).
 Two paths give the same series. :meth:`FleetCollector.render` writes the exposition text
 straight to bytes: that is what /metrics serves (:func:`metrics_body` appends the registry of
 the collector's own metrics, process_*, python_* and the alert engine's). ``collect()`` yields
-prometheus-client families, for the alert rules and for tests that read values back; it is
-the reference the renderer is tested against.
+prometheus-client families, for tests that read values back; it is the reference the renderer
+is tested against. ``series(names)`` gives the same samples as plain tuples, only those of the
+names asked for: what the alert rules read at each evaluation (a few of a host's series, not
+all of them).
 
 The renderer keeps a cache per host (:class:`_HostCache`, about 180 bytes a series): the
 escaped text of each of its series up to the value, checked at every scrape against a key of
@@ -27,7 +29,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from operator import attrgetter
 from typing import Any, NamedTuple
 
@@ -79,6 +81,7 @@ PROBE_PREFIX = "outpost_probe_"  # the samples site coverage reads (collector/co
 # and without ``_total``.
 _TAKEN = set(COLLECTOR_FAMILIES) | set(ALERTING_FAMILIES)
 BLOCKED = frozenset({m[:-6] if m.endswith("_total") else m for m in _TAKEN} | _TAKEN)
+ExportedSample = tuple[str, dict[str, str], float]  # (name, labels, value) of one exported sample
 
 
 def _family(name: str, kind: str) -> Metric:
@@ -141,14 +144,45 @@ class FleetCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         now = self.clock()
         _views, meta = self._snapshot(now)
-        hosts: list[tuple[HostView, list[Any], dict[tuple[str, str], int], float]] = meta["hosts"]
         fam: dict[str, Metric] = {
             name: Metric(name if kind != "counter" else name[:-6], CATALOGUE[name], kind)
             for name, kind in COLLECTOR_FAMILIES.items()
         }
+        for name, labels, value in self._collector_series(meta):
+            fam[name].add_sample(name, labels, value)
+        yield from fam.values()
+        agent: dict[str, Metric] = {}
+        for name, labels, value, base, kind in self._agent_series(meta["hosts"], None):
+            metric = agent.get(base)
+            if metric is None:
+                metric = agent[base] = _family(name, kind)
+            metric.add_sample(name, labels, value)
+        yield from agent.values()
+
+    def series(self, names: Collection[str] | None = None) -> Iterator[ExportedSample]:
+        """``(name, labels, value)`` of every series ``collect()`` gives (those named in
+        ``names`` only, when given), without building families: what the alert rules read.
+        Filtering here spares the work for the bulk of a county's agent samples, which no
+        rule reads."""
+        now = self.clock()
+        _views, meta = self._snapshot(now)
+        yield from self._collector_series(meta, names)
+        for name, labels, value, _base, _kind in self._agent_series(meta["hosts"], names):
+            yield name, labels, value
+
+    def _collector_series(
+        self, meta: dict[str, Any], names: Collection[str] | None = None
+    ) -> Iterator[ExportedSample]:
+        """The collector's own families' samples, family by family as in the catalogue (of
+        the families in ``names`` only, when given)."""
+        hosts: list[tuple[HostView, list[Any], dict[tuple[str, str], int], float]] = meta["hosts"]
+        out: dict[str, list[ExportedSample]] = {name: [] for name in COLLECTOR_FAMILIES}
+        unread: list[ExportedSample] = []  # where the samples of families not in names go
+        if names is not None:
+            out = {name: (found if name in names else unread) for name, found in out.items()}
 
         def add(name: str, labels: dict[str, str], value: float) -> None:
-            fam[name].add_sample(name, labels, value)
+            out[name].append((name, labels, value))
 
         for view, _samples, events, last_seen in hosts:
             hl = {"site": view.site, "host": view.host}
@@ -241,8 +275,9 @@ class FleetCollector(Collector):
         add("outpost_collector_build_info", {"version": __version__}, 1.0)
         for name, value in self.extra().items():
             add(name, {}, value)
-        yield from fam.values()
-        yield from self._agent_samples(hosts, set(fam))
+        for items in out.values():
+            if items is not unread:
+                yield from items
 
     # --- exposition text ----------------------------------------------------------------------
 
@@ -337,37 +372,60 @@ class FleetCollector(Collector):
             o.text().encode("utf-8", "replace") for o in (*out.values(), *agent.values())
         )
 
-    def _agent_samples(
-        self, hosts: list[tuple[HostView, list[Any], Any, float]], taken: set[str]
-    ) -> Iterator[Metric]:
-        """Every online host's latest samples, with site and host added. A name that collides
-        with a collector family (ours, the alert engine's, process_* or python_*), or a series
-        reported twice, is skipped."""
-        families: dict[str, Metric] = {}
+    def _agent_series(
+        self, hosts: list[tuple[HostView, list[Any], Any, float]], names: Collection[str] | None
+    ) -> Iterator[tuple[str, dict[str, str], float, str, str]]:
+        """Every online host's latest samples, with site and host added, as ``(name, labels,
+        value, family base name, type)``. A name that collides with a collector family (ours,
+        the alert engine's, process_* or python_*), a sample whose family (by base name) is of
+        another type, or a series reported twice, is skipped. With ``names``, only those names
+        are given, and they are skipped exactly as without it."""
+        kinds: dict[str, str] = {}  # a family's type: its first sample's
+        # Per name: (base, type, given), or None for a name never exported or (with names)
+        # of a family none of the names belongs to, which need not be looked at again.
+        verdicts: dict[str, tuple[str, str, bool] | None] = {}
+        bases = None if names is None else {_base(n) for n in names}
         seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
-        taken = taken | set(ALERTING_FAMILIES)
-        blocked = {m[:-6] if m.endswith("_total") else m for m in taken} | taken
         for view, samples, _events, _last in hosts:
             if not view.up:
                 continue
+            site, host = view.site, view.host
             for s in samples:
                 name = s.name
-                kind = "counter" if name.endswith("_total") else "gauge"
-                base = name[:-6] if kind == "counter" else name
-                if base in blocked or name in blocked or name.startswith(RESERVED_PREFIXES):
+                verdict = verdicts.get(name, _UNSEEN)
+                if verdict is _UNSEEN:
+                    verdict = verdicts[name] = _agent_family(name, names, bases)
+                if verdict is None:
                     continue
-                metric = families.get(base)
-                if metric is None:
-                    metric = families[base] = _family(name, kind)
-                elif metric.type != kind:
+                base, kind, given = verdict
+                if kinds.setdefault(base, kind) != kind or not given:
                     continue
-                labels = {"site": view.site, "host": view.host, **s.labels}
+                labels = {"site": site, "host": host, **s.labels}
                 key = (name, tuple(sorted(labels.items())))
                 if key in seen:
                     continue
                 seen.add(key)
-                metric.add_sample(name, labels, s.value)
-        yield from families.values()
+                yield name, labels, s.value, base, kind
+
+
+_UNSEEN: Any = object()
+
+
+def _base(name: str) -> str:
+    return name[:-6] if name.endswith("_total") else name
+
+
+def _agent_family(
+    name: str, names: Collection[str] | None, bases: set[str] | None
+) -> tuple[str, str, bool] | None:
+    """(family base name, type, whether the name is given) of an agent sample's name; None
+    for a name never exported, or one whose family no given name belongs to."""
+    base = _base(name)
+    if base in BLOCKED or name in BLOCKED or name.startswith(RESERVED_PREFIXES):
+        return None
+    if bases is not None and base not in bases:
+        return None
+    return base, "counter" if name.endswith("_total") else "gauge", names is None or name in names
 
 
 # --- the exposition renderer ------------------------------------------------------------------

@@ -32,6 +32,7 @@ from collector.alerting.config import AlertingConfig
 from collector.alerting.exporter import AlertsCollector
 from collector.alerting.notifiers import Notifier, build_notifier
 from collector.alerting.routing import Router, SiteInfo
+from collector.alerting.rules import series_read
 from collector.alerting.schedule import Calendar, load_calendar
 from collector.alerting.service import AlertService, check_config, read_secret_file
 from collector.config import CollectorConfig
@@ -253,10 +254,9 @@ class CollectorService:
         self._evaluated = (-1, time.monotonic())
 
     def _series(self) -> Iterator[tuple[str, dict[str, str], float]]:
-        """Every series /metrics would show now, for the alert rules."""
-        for family in self.fleet.collect():
-            for sample in family.samples:
-                yield sample.name, sample.labels, sample.value
+        """The series /metrics would show now that the alert rules read."""
+        names = series_read(self.alerts.config.user_rules) if self.alerts is not None else None
+        return self.fleet.series(names)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         self.ingest.handle(topic, payload, time.time())

@@ -32,6 +32,7 @@ from collector.events import HostEvent
 
 __all__ = [
     "BUILTIN_RULES",
+    "BUILTIN_SERIES",
     "COUNTER_SERIES",
     "FOR_SECONDS",
     "OPS",
@@ -46,6 +47,7 @@ __all__ = [
     "check_user_rules",
     "evaluate",
     "for_seconds",
+    "series_read",
 ]
 
 Labels = dict[str, str]
@@ -57,6 +59,33 @@ _Points = deque[tuple[float, float]]
 # (the last two values, to tell an increase since the previous evaluation).
 TREND_SERIES: tuple[str, ...] = ("outpost_filesystem_avail_bytes",)
 COUNTER_SERIES: tuple[str, ...] = ("outpost_collector_lost_messages_total",)
+# Every series a built-in rule reads by name (a unit test checks this against the rules'
+# code): the evaluation asks the exporter for these, the History's and the user rules' only.
+BUILTIN_SERIES: frozenset[str] = frozenset(
+    {
+        "outpost_agent_outbox_bytes",
+        "outpost_agent_outbox_rows",
+        "outpost_battery_percent",
+        "outpost_battery_power_plugged",
+        "outpost_battery_seconds_left",
+        "outpost_collector_broker_connected",
+        "outpost_collector_lost_messages_total",
+        "outpost_filesystem_avail_bytes",
+        "outpost_filesystem_size_bytes",
+        "outpost_host_clock_skew_seconds",
+        "outpost_host_expected",
+        "outpost_host_last_seen_timestamp_seconds",
+        "outpost_host_state",
+        "outpost_memory_available_bytes",
+        "outpost_memory_total_bytes",
+        "outpost_network_admin_up",
+        "outpost_network_up",
+        "outpost_site_coverage",
+        "outpost_site_hosts",
+        "outpost_site_uplink_latency_seconds",
+        "outpost_site_uplink_loss_ratio",
+    }
+)
 TREND_STEP = 300.0
 TREND_KEEP = 6 * 3600.0
 TREND_MIN_SPAN = 1800.0
@@ -1085,3 +1114,9 @@ def evaluate(
     for user in user_rules:
         out.extend(_user_conditions(user, ctx.series))
     return out
+
+
+def series_read(user_rules: Iterable[UserRule]) -> frozenset[str]:
+    """The names of every series one evaluation reads: the built-in rules', the History's and
+    the user rules' metrics."""
+    return BUILTIN_SERIES.union(TREND_SERIES, COUNTER_SERIES, (u.metric for u in user_rules))

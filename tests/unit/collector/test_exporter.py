@@ -228,6 +228,43 @@ def test_a_series_reported_twice_and_a_type_clash_are_exported_once() -> None:
     assert "Reported by agents; not in the catalogue." in text
 
 
+def _as_set(items: Any) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+    return {(name, tuple(sorted(labels.items())), value) for name, labels, value in items}
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        None,
+        {"outpost_load1", "custom"},  # custom: its family is a counter, so never given
+        {"outpost_host_up", "custom_total", "outpost_site_hosts", "process_cpu_seconds_total"},
+        set(),
+    ],
+)
+def test_series_are_the_collected_samples_of_the_names_asked_for(names: set[str] | None) -> None:
+    ingest = Ingest(FleetState(stale_after=60), wire.Limits())
+    fleet = FleetCollector(ingest, clock=lambda: NOW)
+    h1 = [
+        {"name": "outpost_load1", "value": 0.5},
+        {"name": "outpost_load1", "value": 0.7},
+        {"name": "custom_total", "value": 1},
+        {"name": "process_cpu_seconds_total", "value": 3},  # reserved: never exported
+    ]
+    h2 = [{"name": "custom", "value": 2}, {"name": "outpost_load1", "value": 0.25}]
+    ingest.handle(metrics("s1", "h1"), payload(1, samples=h1), NOW)
+    ingest.handle(metrics("s1", "h2"), payload(1, host="h2", samples=h2), NOW)
+    collected = [(s.name, s.labels, s.value) for f in fleet.collect() for s in f.samples]
+    wanted = [c for c in collected if names is None or c[0] in names]
+    got = list(fleet.series(names))
+    assert len(got) == len(wanted)
+    assert _as_set(got) == _as_set(wanted)
+    if names is not None and "outpost_load1" in names:
+        assert _as_set(got) == {
+            ("outpost_load1", (("host", "h1"), ("site", "s1")), 0.5),
+            ("outpost_load1", (("host", "h2"), ("site", "s1")), 0.25),
+        }
+
+
 def test_events_are_exported_by_kind_and_severity() -> None:
     ingest, registry = make()
     events = [{"kind": "login_failed", "severity": "warning"}] * 2 + [{"kind": "port_opened"}]

@@ -7,7 +7,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -27,8 +29,11 @@ from collector.alerting.rules import (
     check_user_rules,
     evaluate,
     for_seconds,
+    series_read,
 )
 from collector.events import HostEvent
+
+ROOT = Path(__file__).resolve().parents[4]
 
 T0 = 1_700_000_000.0
 GIB = 1 << 30
@@ -795,3 +800,18 @@ def test_evaluate_big_fleet() -> None:
     assert len(only(conds, "quiet")) == 0
     assert len(only(conds, "hot")) == 20_000
     assert len(conds) == 20_010
+
+
+def test_the_series_an_evaluation_reads_are_every_series_the_rules_name() -> None:
+    """The exporter gives the evaluation only the series in ``series_read``: a rule reading a
+    name missing from BUILTIN_SERIES would see nothing, and never fire."""
+    source = (ROOT / "collector" / "alerting" / "rules.py").read_text()
+    body = (
+        source.split("BUILTIN_SERIES: frozenset[str] = frozenset(")[0]
+        + source.split("TREND_STEP = 300.0")[1]
+    )
+    named = set(re.findall(r'"(outpost_[a-z0-9_]+)"', body))
+    assert named, "no series names found in the rules"
+    assert named <= series_read([])
+    user = UserRule(name="temp", metric="custom_temperature_celsius", op=">", threshold=70)
+    assert "custom_temperature_celsius" in series_read([user])
