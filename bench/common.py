@@ -59,3 +59,40 @@ def mosquitto_conf(path: Path, port: int, extra: str = "") -> Path:
         + ("user root\n" if os.geteuid() == 0 else "")
     )
     return path
+
+
+def row(
+    what: str,
+    figure: float,
+    unit: str,
+    *,
+    anchor_name: str,
+    anchor: float | None,
+    target: str,
+    met: bool | None,
+    ratio: float | None = None,
+) -> dict[str, object]:
+    """One line of the benchmark table that ``bench/run.py`` prints.
+
+    ``figure`` is what Outpost measured, ``anchor`` what the anchor measured side by side in the
+    same run (in the same ``unit``), ``ratio`` figure/anchor unless given, ``target`` the goal in
+    words and ``met`` whether this run reached it (None when the run cannot tell, e.g. a smoke
+    run). Every benchmark, run with ``--json``, prints ``{"rows": [row, ...], ...}``.
+    """
+    if ratio is None and anchor:
+        ratio = figure / anchor
+    return {
+        "what": what,
+        "figure": _sig(figure),
+        "unit": unit,
+        "anchor_name": anchor_name,
+        "anchor": None if anchor is None else _sig(anchor),
+        "ratio": None if ratio is None else _sig(ratio),
+        "target": target,
+        "met": met,
+    }
+
+
+def _sig(x: float) -> float:
+    """Four significant digits (a rate of 31,234.6 stays 31,230; 0.004871 s stays so)."""
+    return float(f"{x:.4g}")

@@ -15,11 +15,18 @@ what happens between two scrapes), and the render is timed. Figures are medians.
     cache_kib      what the render cache holds (sys.getsizeof over its strings, keys, lists
                    and records)
 
+Also timed, per run: what one alert evaluation reads (``alert_read``: the series the rules
+name, through FleetCollector.series, indexed as the rules index them), against reading every
+series through FleetCollector.collect() as evaluations once did (``alert_read_all``, with
+``--old`` only: seconds at the default size).
+
 ``--old`` also times prometheus-client's generate_latest over FleetCollector.collect()
 (one run: it takes seconds at the default size).
 
     python bench/exposition.py                # 10,000 hosts, 500,000 series
     python bench/exposition.py --hosts 2000   # 100,000 series
+    python bench/exposition.py --smoke        # 200 hosts, 2 runs: a quick check
+    python bench/exposition.py --json         # figures and table rows as JSON
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from bench.common import rss_mb
+from bench.common import row, rss_mb
+from collector.alerting.rules import Series, series_read
 from collector.exporter import FleetCollector
 from collector.ingest import Ingest
 from collector.state import FleetState
@@ -178,7 +186,12 @@ def main() -> None:
     ap.add_argument("--hosts", type=int, default=10_000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--old", action="store_true", help="also time generate_latest (one run)")
+    ap.add_argument("--smoke", action="store_true", help="200 hosts, 2 runs")
+    ap.add_argument("--json", action="store_true", help="print the figures and rows as JSON")
     args = ap.parse_args()
+    if args.smoke:
+        args.hosts, args.runs = 200, 2
+    wanted = series_read([])
     limits = wire.Limits(sender_rate_per_second=0)
     ingest = Ingest(FleetState(stale_after=3600), limits)
     clock = [NOW]
@@ -187,7 +200,7 @@ def main() -> None:
     rss_before = rss_mb_self()
     cold, page = timed(fleet.render)
     rss_after = rss_mb_self()
-    ours, anchors, zips = [], [], []
+    ours, anchors, zips, reads = [], [], [], []
     for cycle in range(1, args.runs + 1):
         feed(ingest, args.hosts, cycle)  # new values and label dicts, as between two scrapes
         clock[0] = NOW + cycle
@@ -197,6 +210,8 @@ def main() -> None:
         anchors.append(t)
         t, _z = timed(lambda: gzip.compress(page, compresslevel=1, mtime=0))  # noqa: B023
         zips.append(t)
+        t, index = timed(lambda: Series(fleet.series(wanted)))
+        reads.append(t)
     series = sum(1 for line in page.split(b"\n") if line and not line.startswith(b"#"))
     figures: dict[str, Any] = {
         "hosts": args.hosts,
@@ -210,6 +225,8 @@ def main() -> None:
         "ratio_render_to_anchor": round(statistics.median(ours) / statistics.median(anchors), 3),
         "gzip_level1_s": round(statistics.median(zips), 4),
         "cache_kib": round(cache_bytes(fleet) / 1024, 1),
+        "alert_read_s": round(statistics.median(reads), 4),
+        "alert_read_series": len(index),
         "rss_growth_first_render_mib": round(rss_after - rss_before, 1),
     }
     if args.old:
@@ -218,7 +235,41 @@ def main() -> None:
         t, old = timed(lambda: generate_latest(registry))
         figures["old_generate_latest_s"] = round(t, 4)
         figures["old_equals_render"] = old == fleet.render()
-    print(json.dumps(figures, indent=2))
+        t, _all = timed(lambda: Series((s.name, s.labels, s.value) for f in fleet.collect()
+                                       for s in f.samples))  # fmt: skip
+        figures["alert_read_all_s"] = round(t, 4)
+    render, join = statistics.median(ours), statistics.median(anchors)
+    full = args.hosts >= 10_000
+    met = (render < 0.5 and render <= 1.5 * join) if full else None
+    figures["rows"] = [
+        row(
+            f"/metrics render, {series:,} series",
+            render,
+            "s",
+            anchor_name="plain string join",
+            anchor=join,
+            target="< 0.5 s and ≤ 1.5 × join",
+            met=met,
+        )
+    ]
+    if args.old:
+        figures["rows"].append(
+            row(
+                f"alert evaluation read, {len(index):,} of {series:,} series",
+                statistics.median(reads),
+                "s",
+                anchor_name="every series via collect()",
+                anchor=figures["alert_read_all_s"],
+                target="report",
+                met=None,
+            )
+        )
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return
+    for key, value in figures.items():
+        if key != "rows":
+            print(f"{key:<32} {value}")
 
 
 def rss_mb_self() -> float:
