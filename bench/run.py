@@ -8,7 +8,8 @@ shown as failed, with the end of its output, and the others still run.
     python bench/run.py                        # everything at full size (about 15 minutes)
     python bench/run.py --smoke                # everything at tiny sizes (about 3 minutes)
     python bench/run.py --only ingest,exposition
-    python bench/run.py --markdown docs/performance-table.md --json build/bench/last.json
+    python bench/run.py --markdown docs/performance.md --json build/bench/last.json
+                                               # the table goes between the marks in the doc
 
 Exit codes: 0 every benchmark ran (a missed target is shown, not an error), 1 a benchmark
 failed or timed out, 2 bad arguments.
@@ -200,6 +201,20 @@ def markdown(outcomes: list[Outcome], facts: dict[str, str], smoke: bool, when: 
     return "\n".join(lines) + "\n"
 
 
+BEGIN, END = "<!-- bench/run.py: table -->", "<!-- bench/run.py: end of table -->"
+
+
+def write_markdown(path: Path, text: str) -> None:
+    """The table into ``path``: between its BEGIN and END marks if it has them (as
+    docs/performance.md does), else as the whole file."""
+    old = path.read_text() if path.exists() else ""
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        text = f"{head}{BEGIN}\n{text}{END}{rest.split(END, 1)[1]}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks that each one runs")
@@ -232,8 +247,7 @@ def main() -> int:
     for k, v in facts.items():
         console.print(f"{k}: {v}")
     if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown(outcomes, facts, args.smoke, when))
+        write_markdown(args.markdown, markdown(outcomes, facts, args.smoke, when))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         record = {

@@ -17,6 +17,8 @@ def test_run_smoke_prints_one_table_and_writes_markdown_and_json(
     procs: Procs, tmp_path: Path
 ) -> None:
     md, js = tmp_path / "table.md", tmp_path / "last.json"
+    begin, end = "<!-- bench/run.py: table -->", "<!-- bench/run.py: end of table -->"
+    md.write_text(f"# Doc\n\nBefore.\n\n{begin}\nold table\n{end}\n\nAfter.\n")
     argv = [sys.executable, str(RUN), "--smoke", "--only", "exposition,shards",
             "--markdown", str(md), "--json", str(js)]  # fmt: skip
     bench = procs.start("bench-run", argv)
@@ -37,6 +39,8 @@ def test_run_smoke_prints_one_table_and_writes_markdown_and_json(
     assert "| benchmark | what | figure | anchor | ratio | target | met |" in table
     assert table.count("\n| exposition |") == 2 and table.count("\n| shards |") == 1
     assert "smoke sizes" in table
+    assert table.startswith("# Doc\n\nBefore.\n\n" + begin + "\n")
+    assert table.endswith(end + "\n\nAfter.\n") and "old table" not in table
 
 
 def test_an_unknown_benchmark_is_a_usage_error(procs: Procs) -> None:
