@@ -683,7 +683,7 @@ def test_metrics_endpoint_serves_the_fleet_then_the_registry_gzipped_on_request(
 def test_the_exposition_benchmark_runs_small() -> None:
     run = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "exposition.py"), "--hosts", "50", "--runs", "2",
-         "--old"],
+         "--old", "--json"],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -694,3 +694,9 @@ def test_the_exposition_benchmark_runs_small() -> None:
     assert figures["old_equals_render"] is True
     for key in ("fleet_render_s", "anchor_join_s", "ratio_render_to_anchor", "cache_kib"):
         assert figures[key] > 0
+    # What an evaluation reads: 17 of a host's 51 series here, fewer than every series.
+    assert 0 < figures["alert_read_series"] < figures["series"]
+    assert [r["what"].split(",")[0] for r in figures["rows"]] == [
+        "/metrics render",
+        "alert evaluation read",
+    ]
