@@ -125,6 +125,8 @@ class Ingest:
         # Called the same way with every event of a newly applied batch (never a duplicate):
         # the stream the alert engine reads.
         self.event_listeners: list[Callable[[HostEvent], None]] = []
+        # Told (site, host) after a host's status message is applied (a Last Will among them).
+        self.status_listeners: list[Callable[[tuple[str, str]], None]] = []
         self.listener_failures = 0
         # Late batches' samples go here (with their own timestamps) when remote write is on.
         self.late_forwarder: LateSampleForwarder | None = None
@@ -170,6 +172,7 @@ class Ingest:
                 return self._count("accepted")
             status = wire.decode_status(payload, parts, self.limits)
             self.state.apply_status(status, parts.site, parts.host, now)
+            self._tell(self.status_listeners, (parts.site, parts.host))
             return self._count("accepted")
         limits = self.limits
         if not self.buckets.take(sender, now, limits.sender_rate_per_second, limits.sender_burst):

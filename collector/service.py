@@ -243,6 +243,7 @@ class CollectorService:
                 config.alerting, self.state.inventory, Path(config.state_dir), self._series
             )
             self.ingest.event_listeners.append(self.alerts.on_event)
+            self.ingest.status_listeners.append(self.alerts.wake)
             self.registry.register(AlertsCollector(self.alerts))
         ProcessCollector(registry=self.registry)
         self._stop = threading.Event()

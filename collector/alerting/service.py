@@ -4,14 +4,20 @@ actions (acknowledge, silence, test).
 Every ``evaluate_every_seconds`` on its own thread: the exported series are read (the same
 snapshot /metrics renders), the rules turn them and the events received since into
 conditions, the engine updates the alerts, inhibitions and silences are marked, and the
-dispatcher plans the notifications due. Alerts, silences, trend history and the new
-deliveries are stored in one transaction before the delivery worker sends anything. Ingest
-only appends events to a bounded queue: alerting never holds up the MQTT thread.
+dispatcher plans the notifications due. An evaluation also comes early: when a host's status
+or events arrive (a Last Will: the host is lost now, not at the next tick), and when a pending
+alert's ``for_seconds`` or a new group's wait runs out; never sooner than
+``MIN_GAP_FACTOR`` times the last evaluation's duration (and MIN_GAP_SECONDS) after the last
+one, so that a storm of events costs a bounded share of a core. Alerts, silences, trend
+history and the new deliveries are stored in one transaction before the delivery worker
+sends anything. Ingest only appends events to a bounded queue and sets a flag: alerting never
+holds up the MQTT thread.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import Counter, deque
@@ -88,6 +94,11 @@ def _sites(inventory: Inventory) -> dict[str, SiteInfo]:
     }
 
 
+# Early evaluations (see the module's docstring) keep at least this gap after the last one.
+MIN_GAP_SECONDS = 0.2
+MIN_GAP_FACTOR = 5.0
+
+
 class AlertService:
     def __init__(
         self,
@@ -136,6 +147,8 @@ class AlertService:
         self.evaluation_failures = 0
         self.last_evaluation_seconds = 0.0
         self._stop = threading.Event()
+        self._kick = threading.Event()  # something arrived: evaluate as soon as the gap allows
+        self._due_at = math.inf  # time.monotonic() when an alert comes due without new input
         self._thread: threading.Thread | None = None
         self._unrouted: set[str] = set()
         self._pruned_at = 0.0
@@ -148,6 +161,11 @@ class AlertService:
             if len(self._events) == self._events.maxlen:
                 self.events_dropped += 1
             self._events.append(event)
+        self._kick.set()
+
+    def wake(self, *_: object) -> None:
+        """Evaluate soon (a host's status changed); a listener for ingest: never raises."""
+        self._kick.set()
 
     def _take_events(self) -> list[HostEvent]:
         with self._events_lock:
@@ -174,6 +192,7 @@ class AlertService:
             )
             self.engine.annotate(now, cfg.maintenance)
             notes = self.dispatcher.plan(list(self.engine.alerts.values()), now)
+            self._due_at = time.monotonic() + (self._next_due(now) - now)
             self._save(notes, now)
             self._prune(now)
         for change in changes:
@@ -191,6 +210,23 @@ class AlertService:
         self.evaluations += 1
         self.last_evaluation_seconds = time.perf_counter() - started
         return notes
+
+    def _next_due(self, now: float) -> float:
+        """When (clock time) the first alert changes with no new input: a pending alert's
+        ``for_seconds`` passing, or a new firing group's wait ending; inf if none. Only times
+        still ahead count: what is overdue (silenced, inhibited) waits for the next tick."""
+        cfg = self.config
+        due = math.inf
+        for a in self.engine.alerts.values():
+            if a.state == "pending":
+                t = a.started + for_seconds(cfg.rules, cfg.user_rules, a.rule)
+            elif a.state == "firing" and not a.notified_firing and a.fired_at is not None:
+                t = a.fired_at + cfg.dispatch.group_wait_seconds
+            else:
+                continue
+            if now < t < due:
+                due = t
+        return due
 
     def _prune(self, now: float) -> None:
         """Forget finished deliveries after a week (once an hour)."""
@@ -222,8 +258,20 @@ class AlertService:
     # --- the loop ---------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        every = self.config.engine.evaluate_every_seconds
-        while not self._stop.wait(every):
+        last = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            gap = max(MIN_GAP_SECONDS, MIN_GAP_FACTOR * self.last_evaluation_seconds)
+            every = self.config.engine.evaluate_every_seconds
+            floor = last + min(gap, every)
+            kicked = self._kick.is_set()
+            target = floor if kicked else max(floor, min(last + every, self._due_at))
+            if now < target:
+                # Kicked: only the gap is left to wait. Else a kick cuts the wait short.
+                (self._stop if kicked else self._kick).wait(target - now)
+                continue
+            self._kick.clear()
+            last = now
             try:
                 self.evaluate()
             except Exception:
@@ -237,6 +285,7 @@ class AlertService:
 
     def stop(self) -> None:
         self._stop.set()
+        self._kick.set()
         if self._thread is not None:
             self._thread.join(10)
         self.delivery.stop()

@@ -5,6 +5,7 @@ outage that would make every host look down, unrouted alerts, and the config che
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import msgspec
 import pytest
 
 from collector.alerting.config import AlertingConfig
-from collector.alerting.service import AlertService, check_config
+from collector.alerting.service import MIN_GAP_SECONDS, AlertService, check_config
 from collector.inventory import Inventory
 
 T0 = 1_800_000_000.0
@@ -163,3 +164,56 @@ def test_finished_deliveries_are_forgotten_after_a_week(tmp_path: Path) -> None:
     fleet.series = host("online")
     service.evaluate()
     assert all(r["created"] > T0 for r in service.store.recent_deliveries())
+
+
+def _until(what: str, check: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def _running(tmp_path: Path, cfg: AlertingConfig) -> tuple[AlertService, Fleet]:
+    fleet = Fleet()
+    service = AlertService(cfg, Inventory(), tmp_path, fleet)  # the real clock: a real loop
+    service.start()
+    return service, fleet
+
+
+def test_a_status_change_is_evaluated_at_once_and_for_seconds_ending_brings_its_own(
+    tmp_path: Path,
+) -> None:
+    """Ticks are 300 s apart: a lost host still fires within a second or two, because the
+    status wakes the loop and the rule's for_seconds running out brings another evaluation."""
+    cfg = config(
+        engine={"resolve_after_seconds": 0, "evaluate_every_seconds": 300},
+        rules={"host_down": {"for_seconds": 1}},
+    )
+    service, fleet = _running(tmp_path, cfg)
+    try:
+        fleet.series = host("lost")
+        service.wake(("s1", "h1"))  # as ingest does after a status message
+        _until("the first evaluation", lambda: service.evaluations >= 1, timeout=5)
+        assert [a["state"] for a in service.alerts_json()] == ["pending"]
+        _until("host_down to fire", lambda: service.evaluations >= 2, timeout=5)
+        assert sent(service) == [("a", "", 0), ("a", "wecom", 0)]
+        assert service.evaluations == 2  # the wake, then the end of for_seconds; no tick
+    finally:
+        service.stop()
+
+
+def test_a_storm_of_events_is_evaluated_at_a_bounded_rate(tmp_path: Path) -> None:
+    cfg = config(engine={"resolve_after_seconds": 0, "evaluate_every_seconds": 300})
+    service, _fleet = _running(tmp_path, cfg)
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 1.0:
+            service.wake()
+            time.sleep(0.001)
+        elapsed = time.monotonic() - started
+        _until("the last evaluation", lambda: not service._kick.is_set(), timeout=5)
+        # At most one evaluation per MIN_GAP_SECONDS (evaluations here take microseconds).
+        assert 2 <= service.evaluations <= elapsed / MIN_GAP_SECONDS + 2
+    finally:
+        service.stop()
