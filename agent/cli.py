@@ -6,7 +6,7 @@ import json
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -32,21 +32,6 @@ LogFormatOpt = Annotated[
 ]
 
 
-def _overrides(**flags: Any) -> dict[str, Any]:
-    keys = {
-        "site": "site",
-        "host": "host",
-        "broker": "broker.url",
-        "state_dir": "state_dir",
-        "interval": "interval_seconds",
-        "protocol": "broker.protocol",
-        "username": "broker.username",
-        "password_file": "broker.password_file",
-        "log_format": "log.format",
-    }
-    return {keys[k]: v for k, v in flags.items() if v is not None}
-
-
 @app.command()
 def once(
     site: SiteOpt = None,
@@ -61,11 +46,12 @@ def once(
     from agent.config import AgentConfig
     from agent.cycle import Identity, build_batch, collect
     from agent.runner import read_boot_id
+    from agent.service import overrides
     from agent.sources import build_sources
     from outpost import wire
     from outpost.runtime import load_or_exit
 
-    cfg = load_or_exit(config, AgentConfig, _overrides(site=site, host=host))
+    cfg = load_or_exit(config, AgentConfig, overrides(site=site, host=host))
     now = time.time()
     sources = build_sources(cfg.sources)
     try:
@@ -121,53 +107,20 @@ def run(
     outbox; a bad file is logged and the running config kept. site, host and state_dir need
     a restart. Under systemd (Type=notify or notify-reload) it reports readiness, status and
     watchdog pings."""
-    from agent.config import AgentConfig
-    from agent.runner import Agent
-    from outpost.logs import setup_logging
-    from outpost.runtime import Reload, load_or_exit, stop_event
+    from agent import service
 
-    overrides = _overrides(
+    flags = service.overrides(
         site=site,
         host=host,
         broker=broker,
-        state_dir=str(state_dir) if state_dir else None,
+        state_dir=state_dir,
         interval=interval,
         protocol=protocol,
         username=username,
-        password_file=str(password_file) if password_file else None,
+        password_file=password_file,
         log_format=log_format,
     )
-    cfg = load_or_exit(config, AgentConfig, overrides)
-    setup_logging(cfg.log.level, cfg.log.format, verbose)
-    sources = _preflight(cfg)
-    stop = stop_event()
-    # SIGHUP: the same file and flags are read again between two turns of the main loop.
-    reload = Reload(config, AgentConfig, overrides, verbose).on_sighup()
-    Agent(cfg, sources).run(stop, reload)
-
-
-def _preflight(cfg: Any) -> list[Any]:
-    """Build the sources and let each check what it needs before the first cycle (a secret
-    file, say); a problem is printed with what to do, exit 2."""
-    from agent.sources import build_sources
-    from outpost.connection import check_files
-
-    problems = check_files(cfg.broker)
-    for problem in problems:
-        typer.echo(f"error: {problem}", err=True)
-    if problems:
-        raise typer.Exit(2)
-    sources = build_sources(cfg.sources)
-    for source in sources:
-        preflight = getattr(source, "preflight", None)
-        if preflight is None:
-            continue
-        try:
-            preflight()
-        except (ValueError, OSError) as exc:
-            typer.echo(f"error: source {source.name}: {exc}", err=True)
-            raise typer.Exit(2) from None
-    return sources
+    service.run(config, flags, verbose)
 
 
 @app.command()
@@ -177,8 +130,9 @@ def check(
     """Check an agent config: print each mistake with its file, key path, what was found and
     what was expected, and exit 2; exit 0 when it is valid."""
     from agent.config import AgentConfig
+    from agent.service import preflight
     from outpost.runtime import load_or_exit
 
     cfg = load_or_exit(config, AgentConfig, {})
-    _preflight(cfg)
+    preflight(cfg)
     typer.echo(f"{config}: ok (site {cfg.site}, host {cfg.host}, broker {cfg.broker.url})")

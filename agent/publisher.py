@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 
 class SessionEvent(NamedTuple):
-    """``connected`` / ``disconnected`` / ``ack`` (payload) / ``published`` (mid)."""
+    """``connected`` / ``disconnected`` / ``ack`` (payload) / ``published`` (mid); the main
+    loop also puts ``wake`` (nothing to handle, a turn of the loop)."""
 
     kind: str
     payload: bytes = b""
@@ -43,7 +44,7 @@ class Publisher:
         host: str,
         agent_id: str,
         boot_id: str,
-        events: queue.Queue[SessionEvent],
+        events: queue.SimpleQueue[SessionEvent],
     ) -> None:
         self.config = config
         self.site = site

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import queue
 import sqlite3
@@ -32,7 +33,7 @@ from agent.cycle import (
     with_delivery_state,
 )
 from agent.outage import OutageTracker
-from agent.outbox import Outbox
+from agent.outbox import Outbox, OutboxRow
 from agent.publisher import Publisher, SessionEvent
 from agent.sources import REGISTRY, Source, build_sources
 from agent.sources.base import Stateful
@@ -94,7 +95,8 @@ class Agent:
         self.publish_failures = 0
         self.write_failures = 0
         self._write_failure_logged = False  # during the current disk-full episode
-        self._events: queue.Queue[SessionEvent] = queue.Queue()
+        # A SimpleQueue: its put() may be called from a signal handler (see wake()).
+        self._events: queue.SimpleQueue[SessionEvent] = queue.SimpleQueue()
         # seq -> when the broker acknowledged it (PUBACK), or None while it is still on its
         # way: the resend clock runs from the PUBACK, so a slow link does not make the agent
         # queue again what is still crossing it. ``_handed`` keeps when each was handed over,
@@ -105,15 +107,32 @@ class Agent:
         self._current_from = 0
         self._current_cursor = 0
         self._backlog_cursor = 0
+        # No row below ``_current_from`` is left to send: set when the backlog query came back
+        # short (no row is ever added below ``_current_from``), cleared with the cursors.
+        self._backlog_done = False
         self._ready = False
+        # The status line systemd was last given, and when (for one held back by its gap).
+        self._line_shown = ""
+        self._line_at = 0.0
         # The stored state of each stateful source, as last committed (JSON text).
         self._committed: dict[str, str] = {}
         self._next_cycle = 0.0
 
     # --- the loop ---------------------------------------------------------------------------
 
-    def run(self, stop: threading.Event, reload: Reload[AgentConfig] | None = None) -> None:
-        """Run until ``stop`` is set; read the config again whenever ``reload`` is due."""
+    def run(
+        self,
+        stop: threading.Event,
+        reload: Reload[AgentConfig] | None = None,
+        poll: float | None = 1.0,
+    ) -> None:
+        """Run until ``stop`` is set; read the config again whenever ``reload`` is due.
+
+        Between two turns the loop sleeps until its next job (a cycle, a watchdog ping, a
+        resend falling due, a status line held back) or an event from the session. ``poll``
+        caps each sleep, so a ``stop`` or ``reload`` set from elsewhere is seen within it;
+        None when whoever sets them also calls :meth:`wake` (agent/service.py does, from its
+        signal handlers): then an idle agent wakes once a cycle, not once a second."""
         cfg = self.config
         state = Path(cfg.state_dir)
         self.outbox = Outbox(state / "outbox.sqlite", cfg.outbox.max_bytes)
@@ -148,13 +167,13 @@ class Agent:
         status = systemd.StatusLine()
         line = self.status_line()
         systemd.ready(line)
-        status.shown(line)
+        self._shown(status, line)
         self._next_cycle = time.monotonic()
         try:
             while not stop.is_set():
                 if reload is not None and reload.due():
                     self._reload(reload)
-                    status.shown(self.status_line())
+                    self._shown(status, self.status_line())
                 if time.monotonic() >= self._next_cycle:
                     self.cycle(time.time())
                     self._next_cycle += self.config.interval_seconds
@@ -163,10 +182,12 @@ class Agent:
                 self._drain()
                 # This iteration came round: the loop is alive, whatever the link does.
                 watchdog.ping()
-                status.update(self.status_line())
-                wait = min(self._next_cycle - time.monotonic(), 1.0, watchdog.remaining())
+                line = self.status_line()
+                if status.update(line):
+                    self._line_shown, self._line_at = line, time.monotonic()
+                wait = self._idle_seconds(watchdog, status.min_gap, line, poll)
                 try:
-                    event = self._events.get(timeout=max(0.0, wait))
+                    event = self._events.get(timeout=wait)
                 except queue.Empty:
                     continue
                 self._handle(event)
@@ -180,6 +201,30 @@ class Agent:
             said = self.publisher.stop()
             log.info("agent stopped (shutdown status %s)", "sent" if said else "not sent")
             self.outbox.close()
+
+    def wake(self) -> None:
+        """Make the loop take a turn now (to see a ``stop`` or ``reload`` just set). Safe to
+        call from a signal handler and from any thread."""
+        self._events.put(SessionEvent("wake"))
+
+    def _shown(self, status: systemd.StatusLine, line: str) -> None:
+        status.shown(line)
+        self._line_shown, self._line_at = line, time.monotonic()
+
+    def _idle_seconds(
+        self, watchdog: systemd.Watchdog, status_gap: float, line: str, poll: float | None
+    ) -> float:
+        """How long the loop may wait for an event before it has a job of its own."""
+        now = time.monotonic()
+        until = self._next_cycle
+        if watchdog.enabled:
+            until = min(until, now + watchdog.remaining())
+        if line != self._line_shown:  # held back: the line goes out when the gap has passed
+            until = min(until, self._line_at + status_gap)
+        if self._inflight and self._ready and self.publisher.connected:
+            until = min(until, self._resend_at())
+        wait = until - now if poll is None else min(until - now, poll)
+        return max(0.0, wait)
 
     def _publisher(self, cfg: AgentConfig) -> Publisher:
         return Publisher(
@@ -416,6 +461,7 @@ class Agent:
         self._current_from = max(1, self.outbox.next_seq - 1)
         self._current_cursor = self._current_from - 1
         self._backlog_cursor = 0
+        self._backlog_done = False
 
     def _handle(self, event: SessionEvent) -> None:
         if event.kind == "connected":
@@ -467,12 +513,15 @@ class Agent:
         """True when a batch the broker took has waited ``resend_after_seconds`` for the
         collector's ack (the broker or the collector lost it), or one has waited ten times
         that for the broker's PUBACK on a connection that is still up."""
+        return self._resend_at() < now
+
+    def _resend_at(self) -> float:
+        """When (monotonic) :meth:`_resend_due` turns true; infinity with nothing in flight."""
         after = self.config.outbox.resend_after_seconds
         acked = [t for t in self._inflight.values() if t is not None]
-        if acked and min(acked) < now - after:
-            return True
         waiting = [self._handed[s] for s, t in self._inflight.items() if t is None]
-        return bool(waiting) and min(waiting) < now - 10 * after
+        at = min(acked) + after if acked else math.inf
+        return min(at, min(waiting) + 10 * after) if waiting else at
 
     def _drain(self) -> None:
         if not (self._ready and self.publisher.connected):
@@ -485,15 +534,23 @@ class Agent:
             self._mids.clear()
             self._current_cursor = self._current_from - 1
             self._backlog_cursor = 0
+            self._backlog_done = False
         room = self.config.outbox.max_inflight - len(self._inflight)
         if room <= 0:
             return
-        rows = self.outbox.rows_after(self._current_cursor, None, room)
-        if len(rows) < room:
-            rows += self.outbox.rows_after(
-                self._backlog_cursor, self._current_from, room - len(rows)
-            )
+        # The queries are skipped when they cannot find anything: an idle agent's turn of the
+        # loop reads nothing from the disk.
+        rows: list[OutboxRow] = []
+        if self._current_cursor < self.outbox.next_seq - 1:
+            rows = self.outbox.rows_after(self._current_cursor, None, room)
+        backlog_done = False
+        if len(rows) < room and not self._backlog_done:
+            want = room - len(rows)
+            backlog = self.outbox.rows_after(self._backlog_cursor, self._current_from, want)
+            backlog_done = len(backlog) < want
+            rows += backlog
         if not rows:
+            self._backlog_done = self._backlog_done or backlog_done
             return
         low = self.outbox.low()
         ranges = self.outbox.dropped_ranges()
@@ -514,3 +571,4 @@ class Agent:
                 self._current_cursor = max(self._current_cursor, row.seq)
             else:
                 self._backlog_cursor = max(self._backlog_cursor, row.seq)
+        self._backlog_done = self._backlog_done or backlog_done

@@ -1,13 +1,23 @@
 """The root ``outpost`` command. Each side's commands load only when used, so a host that runs
-only the agent never imports collector code."""
+only the agent never imports collector code.
+
+``outpost agent run`` is the one command that stays up, so it does not load the command-line
+framework at all: :func:`main` hands its flags to agent/service.py, which reads them with
+argparse (help and mistakes still go to the typer command, so they read the same). The typer
+app is built on first use (``app`` here, or any other command).
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import sys
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-import typer
-from typer.core import TyperGroup
+if TYPE_CHECKING:
+    import typer
+
+    app: typer.Typer  # built on first use: see __getattr__
 
 __all__ = ["app", "main"]
 
@@ -23,39 +33,56 @@ _LAZY: dict[str, tuple[str, str, str]] = {
 }
 
 
-class _LazyGroup(TyperGroup):
-    def list_commands(self, ctx: Any) -> list[str]:
-        return [*super().list_commands(ctx), *_LAZY]
+@cache
+def _app() -> Any:
+    import typer
+    from typer.core import TyperGroup
 
-    def get_command(self, ctx: Any, cmd_name: str) -> Any:
-        if cmd_name in _LAZY:
-            module, attr, _help = _LAZY[cmd_name]
-            sub = getattr(importlib.import_module(module), attr)
-            command = typer.main.get_command(sub)
-            command.name = cmd_name
-            return command
-        return super().get_command(ctx, cmd_name)
+    class _LazyGroup(TyperGroup):
+        def list_commands(self, ctx: Any) -> list[str]:
+            return [*super().list_commands(ctx), *_LAZY]
 
-    def format_commands(self, ctx: Any, formatter: Any) -> None:
-        rows = [(name, help_) for name, (_m, _a, help_) in _LAZY.items()]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
+        def get_command(self, ctx: Any, cmd_name: str) -> Any:
+            if cmd_name in _LAZY:
+                module, attr, _help = _LAZY[cmd_name]
+                sub = getattr(importlib.import_module(module), attr)
+                command = typer.main.get_command(sub)
+                command.name = cmd_name
+                return command
+            return super().get_command(ctx, cmd_name)
+
+        def format_commands(self, ctx: Any, formatter: Any) -> None:
+            rows = [(name, help_) for name, (_m, _a, help_) in _LAZY.items()]
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    app = typer.Typer(
+        cls=_LazyGroup,
+        help="Outpost: monitoring for unattended sites. Agents report over MQTT to a collector "
+        "that feeds Prometheus and alerts on-call staff.",
+        no_args_is_help=True,
+        add_completion=False,
+        rich_markup_mode=None,
+    )
+
+    @app.callback()
+    def _root() -> None:
+        """Outpost: monitoring for unattended sites."""
+
+    return app
 
 
-app = typer.Typer(
-    cls=_LazyGroup,
-    help="Outpost: monitoring for unattended sites. Agents report over MQTT to a collector "
-    "that feeds Prometheus and alerts on-call staff.",
-    no_args_is_help=True,
-    add_completion=False,
-    rich_markup_mode=None,
-)
-
-
-@app.callback()
-def _root() -> None:
-    """Outpost: monitoring for unattended sites."""
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        return _app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main() -> None:
-    app()
+    argv = sys.argv[1:]
+    if argv[:2] == ["agent", "run"]:
+        from agent import service
+
+        if service.main(argv[2:]):
+            return
+    _app()()

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import msgspec
-import typer
 
 from outpost.config import ConfigError, load
 
@@ -39,14 +38,15 @@ def load_or_exit(path: Path | None, type_: type[T], overrides: dict[str, Any]) -
     try:
         return load(path, type_, overrides)
     except ConfigError as exc:
+        # Plain stderr and SystemExit, not typer's: the agent runs without typer loaded.
         for problem in exc.problems:
-            typer.echo(f"error: {problem}", err=True)
-        typer.echo(
+            print(f"error: {problem}", file=sys.stderr)
+        print(
             f"{len(exc.problems)} problem(s); nothing was started. "
             "Fix the file or flags named above (config/*.yaml has commented examples).",
-            err=True,
+            file=sys.stderr,
         )
-        raise typer.Exit(EXIT_CONFIG) from None
+        raise SystemExit(EXIT_CONFIG) from None
 
 
 def load_or_log(path: Path | None, type_: type[T], overrides: dict[str, Any]) -> T | None:
