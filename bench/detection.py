@@ -52,7 +52,6 @@ still judged.
 from __future__ import annotations
 
 import argparse
-import http.server
 import json
 import os
 import random
@@ -85,6 +84,7 @@ from common import row
 from harness import MOSQUITTO, Collector, Mosquitto, Proc, Procs, free_port, wait_for
 from netproxy import BLACKHOLE, NetProxy
 from prometheus import PROMETHEUS, Prometheus
+from webhook import Receiver
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
 ANCHOR_ALERT = "TargetDown"
@@ -124,35 +124,12 @@ def rfc3339(text: str) -> float:
 # --- what both sides post to --------------------------------------------------------------
 
 
-class Hook:
-    """The webhook both alerting paths post to: every JSON body, with its path and the moment
-    it arrived (seconds since 1970)."""
+class Hook(Receiver):
+    """The webhook both alerting paths post to (tests/integration/webhook.py), serving from
+    the start."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.got: list[tuple[str, float, dict[str, Any]]] = []
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                arrived = time.time()
-                try:
-                    doc = json.loads(body)
-                except ValueError:
-                    doc = {}
-                with outer.lock:
-                    outer.got.append((self.path, arrived, doc))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__()
         self.thread.start()
 
     def url(self, path: str) -> str:
@@ -164,7 +141,7 @@ class Hook:
         """The first firing alert posted to ``path`` that ``match`` accepts: (arrival, alert)."""
         with self.lock:
             got = list(self.got)
-        for p, arrived, doc in got:
+        for p, doc, arrived in got:
             if p != path or doc.get("status") != "firing":
                 continue
             for alert in doc.get("alerts") or []:
